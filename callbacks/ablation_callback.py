@@ -1,0 +1,276 @@
+"""Remove the current weights' component along Gram directions and measure what the model loses (spec §7).
+
+Every run also measures four controls on the same trials: random subspaces of the same dimension, random
+subspaces removing the same norm, a radial shrink by the same norm, and removing θ̂ itself (θ → 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from callbacks.ablation import (
+    norm_matched_removal,
+    paired_counts,
+    paired_interval,
+    projection_removal,
+    radial_removal,
+    random_subspace,
+    ratio_interval,
+)
+from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, perturbed, require_evaluable
+from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
+from callbacks.perturbation import split_like
+from callbacks.run_results import eval_mode, log_scalars, write_json
+from callbacks.schedule import RunSchedule
+from callbacks.update_recorder import UpdateRecorder
+
+CONTROLS = ("random", "random_norm", "radial", "theta_hat")
+NAN_INTERVAL = [math.nan, math.nan]
+
+
+def check_direction_sets(sets: dict[str, list[int]], who: str) -> dict[str, list[int]]:
+    """Named sets of 1-indexed Gram directions, e.g. {"edge": [1, 2], "bulk": [3, 4]}."""
+    if not isinstance(sets, dict) or not sets:
+        raise ValueError(f"{who}: `sets` must name at least one direction set, e.g. {{'edge': [1, 2]}}")
+    out = {}
+    for name, ks in sets.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"{who}: set names must be non-empty strings without '/', got {name!r}")
+        ks = list(ks)
+        if not ks:
+            raise ValueError(f"{who}: direction set {name!r} is empty; give 1-indexed directions such as [1, 2]")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+            raise ValueError(f"{who}: direction set {name!r} must hold integers k >= 1 (v_1 is the top direction), got {ks}")
+        if len(set(ks)) != len(ks):
+            raise ValueError(f"{who}: direction set {name!r} repeats a direction: {ks}")
+        out[name] = ks
+    return out
+
+
+def unavailable(reason: str, **extra: Any) -> dict[str, Any]:
+    """A result that could not be measured: NaN metrics, never a zero effect."""
+    nan = math.nan
+    return {"status": "unavailable", "reason": reason, **extra, "removed_norm": nan, "loss": nan, "accuracy": nan,
+            "delta_loss": nan, "delta_acc": nan, "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
+
+
+class AblationCallback(Callback):
+    """At scheduled steps, ablate θ' = θ − Σ_{k∈S} ⟨θ, v_k⟩ v_k for each named set S and compare with controls.
+
+    θ is the ``UpdateRecorder`` selection and v_k the ``GramSpectrum`` directions of the window ending at the
+    latest completed row. Accuracy is the module's task metric on a validation dataloader; each Δacc has a
+    paired interval (Agresti–Min, ablated and base scored on the same trials). Controls, matched to
+    ``matched_set`` (dimension m, removed norm c):
+
+    * ``random``: project out a random m-dim subspace (trial t: ``numpy.random.default_rng(seed + t)``, QR).
+    * ``random_norm``: remove c·r̂ with r̂ = θ's component in that trial's subspace, normalised (‖removed‖ = c).
+    * ``radial``: θ ← θ·(1 − c/‖θ‖).
+    * ``theta_hat``: remove ⟨θ, θ̂⟩θ̂, i.e. set the whole selection to 0 (removed norm ‖θ‖).
+
+    Trial controls report the mean Δ with the mean of the per-trial interval bounds (conservative for
+    positively correlated trials). The ratio Δacc(matched)/Δacc(control) uses intervals at level
+    1 − α/2 each and the range of their corner quotients (≥ 1 − α by Bonferroni); it is "not_resolvable"
+    when the control's interval contains 0 or |Δ| < 1/trials. Logs ``ablation/{set}/...`` and
+    ``ablation/control_{name}/...``; keeps ``results`` (one dict per run) and writes them to JSON at fit end.
+
+    Args:
+        steps: optimizer steps after which to ablate.
+        after_grok: offsets after the grok step (needs a ``GrokDetector``).
+        sets: named sets of 1-indexed Gram directions.
+        matched_set: the set the controls match (default: the first of ``sets``).
+        n_trials: random subspaces per random control.
+        seed: trial t uses seed + t.
+        confidence: level of the Δacc intervals, in (0, 1).
+        dataloader_idx: validation dataloader to evaluate on.
+        max_batches: evaluate on the first this many batches of it (None: all).
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``.
+    """
+
+    def __init__(
+        self,
+        steps: list[int] = [],
+        after_grok: list[int] = [],
+        sets: dict[str, list[int]] = {"edge": [1, 2]},
+        matched_set: str | None = None,
+        n_trials: int = 10,
+        seed: int = 1000,
+        confidence: float = 0.95,
+        dataloader_idx: int = 0,
+        max_batches: int | None = None,
+        json_path: str | None = None,
+    ) -> None:
+        self.sets = check_direction_sets(sets, "AblationCallback")
+        matched_set = next(iter(self.sets)) if matched_set is None else matched_set
+        if matched_set not in self.sets:
+            raise ValueError(f"AblationCallback: matched_set {matched_set!r} is not one of the sets {list(self.sets)}")
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise ValueError(f"AblationCallback: n_trials must be an integer >= 1, got {n_trials!r}")
+        if not 0 < confidence < 1:
+            raise ValueError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"AblationCallback: max_batches must be >= 1 or None, got {max_batches}")
+        self.schedule = RunSchedule(steps, after_grok)
+        self.matched_set = matched_set
+        self.n_trials = n_trials
+        self.seed = seed
+        self.confidence = confidence
+        self.dataloader_idx = dataloader_idx
+        self.max_batches = max_batches
+        self.json_path = json_path
+        self.results: list[dict[str, Any]] = []
+        self._batches: list[Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(sets=self.sets, matched_set=self.matched_set)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        require_evaluable(pl_module, "AblationCallback")
+        self._recorder = UpdateRecorder.find(trainer)
+        self._spectrum = GramSpectrum.find(trainer)
+        self._batches = None
+        self.schedule.start(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = self.schedule.due(trainer)
+        if not labels:
+            return
+        if trainer.is_global_zero:
+            if self._batches is None:
+                self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
+            result = self.run(pl_module, self._batches)
+            result.update(step=trainer.global_step, labels=labels)
+            self.results.append(result)
+            log_scalars(trainer, self.scalars(result))
+        self.schedule.mark_done(labels)
+
+    def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
+        """Ablate every set and control on the current weights; parameters are restored bit-exactly."""
+        recorder, spectrum = self._recorder, self._spectrum
+        params = recorder.selection.params
+        theta = recorder.flat_params().double()  # [P]
+        with eval_mode(pl_module):
+            base = evaluate(pl_module, batches, keep_outputs=True)
+
+            def measure(removal: Tensor) -> dict[str, Any]:
+                with perturbed(params, split_like(theta - removal, params)):
+                    changed = evaluate(pl_module, batches, keep_outputs=True)
+                return self._effect(base, changed, float(removal.norm()))
+
+            sets = {}
+            for name, ks in self.sets.items():
+                try:
+                    basis = spectrum.directions(ks).to(theta)  # [m, P]
+                except DirectionUnavailable as err:
+                    sets[name] = unavailable(str(err), directions=ks)
+                    continue
+                sets[name] = {"status": "ok", "directions": ks, **measure(projection_removal(theta, basis))}
+            controls = self._controls(theta, sets[self.matched_set], measure)
+        matched = sets[self.matched_set]
+        ratios = {
+            kind: ratio_interval(matched["delta_acc"], matched["ci_for_ratio"], c["delta_acc"], c["ci_for_ratio"], base.trials)
+            if matched["status"] == c["status"] == "ok"
+            else {"status": "unavailable", "ratio": math.nan, "interval": NAN_INTERVAL}
+            for kind, c in controls.items()
+        }
+        return {
+            "window_size": int(spectrum.window_size),
+            "window_end_step": recorder.steps_done - recorder.steps_done % recorder.interval,
+            "sigma": [float(s) for s in spectrum.sigma],
+            "theta_norm": float(theta.norm()),
+            "params": list(recorder.selection.names),
+            "base": {"loss": base.loss, "accuracy": base.accuracy, "trials": base.trials, "task_metric": base.task_metric},
+            "matched_set": self.matched_set,
+            "sets": sets,
+            "controls": controls,
+            "ratios": ratios,
+        }
+
+    def _effect(self, base: Evaluation, changed: Evaluation, removed_norm: float) -> dict[str, Any]:
+        counts = paired_counts(base.outcomes, changed.outcomes)
+        return {
+            "removed_norm": removed_norm,
+            "loss": changed.loss,
+            "accuracy": changed.accuracy,
+            "delta_loss": changed.loss - base.loss,
+            "delta_acc": counts.delta,
+            "ci": list(paired_interval(counts, self.confidence)),
+            "ci_for_ratio": list(paired_interval(counts, 1 - (1 - self.confidence) / 2)),
+            "lost": counts.lost,
+            "gained": counts.gained,
+        }
+
+    def _controls(self, theta: Tensor, matched: dict[str, Any], measure: Any) -> dict[str, dict[str, Any]]:
+        controls: dict[str, dict[str, Any]] = {}
+        if matched["status"] == "ok":
+            dim, norm = len(matched["directions"]), matched["removed_norm"]
+            random, random_norm = [], []
+            for t in range(self.n_trials):
+                basis = random_subspace(dim, theta.numel(), self.seed + t).to(theta)  # [m, P]
+                random.append(measure(projection_removal(theta, basis)))
+                random_norm.append(measure(norm_matched_removal(theta, basis, norm)))
+            controls["random"] = self._summarise(random)
+            controls["random_norm"] = self._summarise(random_norm)
+            controls["radial"] = {"status": "ok", **measure(radial_removal(theta, norm))}
+        else:
+            reason = f"matched set {self.matched_set!r} is unavailable"
+            controls.update({kind: unavailable(reason) for kind in ("random", "random_norm", "radial")})
+        controls["theta_hat"] = {"status": "ok", **measure(theta)}
+        return controls
+
+    def _summarise(self, trials: list[dict[str, Any]]) -> dict[str, Any]:
+        mean = lambda key: float(np.mean([t[key] for t in trials]))  # noqa: E731
+        bounds = lambda key: [float(np.mean([t[key][i] for t in trials])) for i in (0, 1)]  # noqa: E731
+        accs = [t["delta_acc"] for t in trials]
+        return {
+            "status": "ok",
+            "n_trials": len(trials),
+            "seeds": [self.seed + t for t in range(len(trials))],
+            "removed_norm": mean("removed_norm"),
+            "loss": mean("loss"),
+            "accuracy": mean("accuracy"),
+            "delta_loss": mean("delta_loss"),
+            "delta_acc": mean("delta_acc"),
+            "delta_acc_std": float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan,
+            "ci": bounds("ci"),
+            "ci_for_ratio": bounds("ci_for_ratio"),
+            "trials": trials,
+        }
+
+    @staticmethod
+    def scalars(result: dict[str, Any]) -> dict[str, float]:
+        """The logged scalars of one run (NaN where a set or control is unavailable)."""
+        out = {"ablation/base/accuracy": result["base"]["accuracy"], "ablation/base/loss": result["base"]["loss"]}
+        entries = {**result["sets"], **{f"control_{k}": v for k, v in result["controls"].items()}}
+        for name, r in entries.items():
+            for key in ("delta_acc", "delta_loss", "removed_norm"):
+                out[f"ablation/{name}/{key}"] = r[key]
+            out[f"ablation/{name}/delta_acc_low"], out[f"ablation/{name}/delta_acc_high"] = r["ci"]
+        for kind, r in result["ratios"].items():
+            out[f"ablation/control_{kind}/ratio"] = r["ratio"]
+        return out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            payload = {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence,
+                       "results": self.results}
+            write_json(trainer, self.json_path, "ablation.json", payload)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.results = state_dict["results"]

@@ -1,0 +1,121 @@
+"""Evaluate a module on fixed batches, and perturb its parameters with a bit-exact restore.
+
+Shared by the analysis callbacks (ablation, perturbation, curvature, probes): they all evaluate the
+model as it is at one step, change some parameters, evaluate again and put everything back.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from callbacks.protocols import EvaluableModule
+
+TASK_METRICS = ("token_acc", "seq_acc")
+
+
+def require_evaluable(pl_module: pl.LightningModule, who: str) -> None:
+    """Fail early, in one line, when the module lacks what the analysis callbacks need."""
+    if not isinstance(pl_module, EvaluableModule):
+        raise TypeError(
+            f"{who} needs the LightningModule to define `task_metric` and `labelled_logits(batch)` "
+            "(see callbacks.protocols.EvaluableModule)"
+        )
+    if pl_module.task_metric not in TASK_METRICS:
+        raise ValueError(f"{who}: task_metric must be one of {TASK_METRICS}, got {pl_module.task_metric!r}")
+
+
+def evaluation_batches(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, dataloader_idx: int = 0, max_batches: int | None = None
+) -> list[Any]:
+    """Materialise the validation batches (index ``dataloader_idx`` when there are several) on the module's device."""
+    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    loaders = source.val_dataloader()
+    if isinstance(loaders, (list, tuple)):
+        if not 0 <= dataloader_idx < len(loaders):
+            raise ValueError(f"dataloader_idx={dataloader_idx} but there are {len(loaders)} validation dataloaders")
+        loaders = loaders[dataloader_idx]
+    batches = []
+    for i, batch in enumerate(loaders):
+        if max_batches is not None and i >= max_batches:
+            break
+        batches.append(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+    if not batches:
+        raise ValueError("the validation dataloader yielded no batch to evaluate on")
+    return batches
+
+
+@dataclass
+class Evaluation:
+    """Token- and sequence-level results of one evaluation pass."""
+
+    loss: float  # token-weighted mean cross-entropy
+    token_correct: int
+    token_total: int
+    seq_correct: int
+    seq_total: int
+    task_metric: str
+    outcomes: Tensor | None = None  # [trials] bool, per-trial hit of the task metric (only with keep_outputs)
+    log_probs: Tensor | None = None  # [N, C] float64 log-softmax of every labelled token (only with keep_outputs)
+
+    @property
+    def token_acc(self) -> float:
+        return self.token_correct / self.token_total
+
+    @property
+    def seq_acc(self) -> float:
+        return self.seq_correct / self.seq_total
+
+    @property
+    def accuracy(self) -> float:
+        """The task metric's accuracy."""
+        return self.token_acc if self.task_metric == "token_acc" else self.seq_acc
+
+    @property
+    def trials(self) -> int:
+        """How many Bernoulli outcomes ``accuracy`` averages (for binomial intervals)."""
+        return self.token_total if self.task_metric == "token_acc" else self.seq_total
+
+
+@torch.no_grad()
+def evaluate(pl_module: EvaluableModule, batches: Sequence[Any], keep_outputs: bool = False) -> Evaluation:
+    """``keep_outputs`` also keeps per-trial outcomes (paired intervals) and log-probabilities (KL)."""
+    loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
+    outcomes, log_probs = [], []
+    for batch in batches:
+        logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        hit = logits.argmax(-1) == targets
+        tok_ok += int(hit.sum())
+        tok_n += hit.numel()
+        n_seq = int(seq.max()) + 1 if seq.numel() else 0
+        misses = torch.zeros(n_seq, dtype=torch.long, device=hit.device).index_add_(0, seq, (~hit).long())
+        seq_ok += int((misses == 0).sum())
+        seq_n += n_seq
+        if keep_outputs:
+            outcomes.append(hit if pl_module.task_metric == "token_acc" else misses == 0)
+            log_probs.append(F.log_softmax(logits.double(), dim=-1))
+    evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
+    if keep_outputs:
+        evaluation.outcomes, evaluation.log_probs = torch.cat(outcomes), torch.cat(log_probs)
+    return evaluation
+
+
+@contextmanager
+def perturbed(params: Sequence[Tensor], new_values: Sequence[Tensor]) -> Iterator[None]:
+    """Temporarily set ``params`` to ``new_values``; restore the saved originals bit-exactly, even on error."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p, v in zip(params, new_values):
+                p.copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)

@@ -1,0 +1,53 @@
+"""The grok step: the first validation at which a monitored accuracy reaches a threshold.
+
+Logged once as the scalar ``grok/step`` (value = step, at that step); analysis callbacks schedule
+phases relative to it through ``GrokDetector.find(trainer).grok_step``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+
+class GrokDetector(Callback):
+    """Watch ``monitor`` after every validation; record the first step where it is >= ``threshold``.
+
+    Args:
+        monitor: logged validation metric, e.g. ``val/acc`` (Dyck) or ``val/seq_acc`` (SCAN).
+        threshold: accuracy that counts as grokked, in (0, 1].
+    """
+
+    def __init__(self, monitor: str = "val/acc", threshold: float = 0.95) -> None:
+        if not 0 < threshold <= 1:
+            raise ValueError(f"GrokDetector threshold must lie in (0, 1], got {threshold}")
+        self.monitor = monitor
+        self.threshold = threshold
+        self.grok_step: int | None = None
+
+    @staticmethod
+    def find(trainer: pl.Trainer) -> "GrokDetector":
+        for cb in trainer.callbacks:
+            if isinstance(cb, GrokDetector):
+                return cb
+        raise ValueError("no GrokDetector in the trainer: add callbacks.GrokDetector(monitor=..., threshold=...) to its callbacks")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.grok_step is not None:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise KeyError(
+                f"GrokDetector monitors {self.monitor!r}, which was not logged; logged: {sorted(trainer.callback_metrics)}"
+            )
+        if float(trainer.callback_metrics[self.monitor]) >= self.threshold:
+            self.grok_step = trainer.global_step
+            if trainer.is_global_zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({"grok/step": float(self.grok_step)}, step=self.grok_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grok_step": self.grok_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.grok_step = state_dict["grok_step"]

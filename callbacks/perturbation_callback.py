@@ -1,0 +1,227 @@
+"""Move the weights along Gram directions and random directions; measure loss, accuracy, KL and curvature (§6).
+
+Curvature vᵀHv is exact (double backward of the evaluation loss w.r.t. the selected parameters); the §6.2
+finite difference at ε = fd_scale·‖θ‖ sits beside it, with σ_k against |ΔL| at that ε (§6.3).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from callbacks.ablation import random_subspace
+from callbacks.ablation_callback import check_direction_sets
+from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, perturbed, require_evaluable
+from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
+from callbacks.perturbation import check_eps_grid, hessian_quadratic_forms, kl_divergence, second_difference, split_like
+from callbacks.run_results import eval_mode, log_scalars, write_json
+from callbacks.schedule import RunSchedule
+from callbacks.update_recorder import UpdateRecorder
+
+REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (§6.1)
+
+
+def exact_curvatures(pl_module: pl.LightningModule, batches: list[Any], params: tuple[Tensor, ...],
+                     directions: list[Tensor], n_tokens: int) -> list[float]:
+    """vᵀHv of the token-mean evaluation loss for each flat direction v [P], summed batch by batch.
+
+    Uses the math attention kernel: the fused CPU/GPU kernels have no double backward.
+    """
+    pieces = [split_like(v, params) for v in directions]
+    total = np.zeros(len(directions))
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+        for batch in batches:
+            logits, targets, _ = pl_module.labelled_logits(batch)  # [N, C], [N]
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / n_tokens
+            total += hessian_quadratic_forms(loss, params, pieces)
+    return total.tolist()
+
+
+class PerturbationCallback(Callback):
+    """At scheduled steps, evaluate θ + ε·d on a grid of ε for Gram directions v_k and random unit directions.
+
+    Per direction: loss, accuracy and mean KL(p‖p_ε) over labelled tokens at every ε (exact log-softmax
+    difference), the max KL; with ``curvature``, exact vᵀHv, the finite difference at ε = fd_scale·‖θ‖ and
+    |L(θ+εv) − L(θ)| there. A direction the window lacks is reported as unavailable (NaN), not as flat.
+    Logs ``perturb/v{k}/max_kl``, ``curvature/v{k}/{hvp,fd,delta_loss,sigma}``, and ``.../random/..._mean``.
+
+    Args:
+        steps: optimizer steps after which to run.
+        after_grok: offsets after the grok step (needs a ``GrokDetector``).
+        directions: 1-indexed Gram directions.
+        n_random: random unit directions (direction t drawn by ``numpy.random.default_rng(seed + t)``).
+        seed: seed of the first random direction.
+        eps: the ε grid; must contain 0. None: the reference's linspace(−0.03, 0.03, 25).
+        eps_mode: "absolute" (ε in parameter units; directions are unit vectors) or "relative" (ε·‖θ‖).
+        curvature: also compute exact vᵀHv and the finite-difference estimate.
+        fd_scale: the finite difference uses ε = fd_scale·‖θ‖ (the reference's 1e-3).
+        dataloader_idx: validation dataloader to evaluate on.
+        max_batches: evaluate on the first this many batches of it (None: all).
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``.
+    """
+
+    def __init__(
+        self,
+        steps: list[int] = [],
+        after_grok: list[int] = [],
+        directions: list[int] = [1, 2, 3, 4],
+        n_random: int = 4,
+        seed: int = 2000,
+        eps: list[float] | None = None,
+        eps_mode: Literal["absolute", "relative"] = "absolute",
+        curvature: bool = True,
+        fd_scale: float = 1e-3,
+        dataloader_idx: int = 0,
+        max_batches: int | None = None,
+        json_path: str | None = None,
+    ) -> None:
+        self.directions = check_direction_sets({"directions": directions}, "PerturbationCallback")["directions"]
+        if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
+            raise ValueError(f"PerturbationCallback: n_random must be an integer >= 1, got {n_random!r}")
+        if eps_mode not in ("absolute", "relative"):
+            raise ValueError(f"PerturbationCallback: eps_mode must be 'absolute' or 'relative', got {eps_mode!r}")
+        if not fd_scale > 0:
+            raise ValueError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"PerturbationCallback: max_batches must be >= 1 or None, got {max_batches}")
+        self.schedule = RunSchedule(steps, after_grok)
+        self.n_random = n_random
+        self.seed = seed
+        self.eps = check_eps_grid(REFERENCE_EPS if eps is None else eps)
+        self.eps_mode = eps_mode
+        self.curvature = curvature
+        self.fd_scale = fd_scale
+        self.dataloader_idx = dataloader_idx
+        self.max_batches = max_batches
+        self.json_path = json_path
+        self.results: list[dict[str, Any]] = []
+        self._batches: list[Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        require_evaluable(pl_module, "PerturbationCallback")
+        self._recorder = UpdateRecorder.find(trainer)
+        self._spectrum = GramSpectrum.find(trainer)
+        self._batches = None
+        self.schedule.start(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = self.schedule.due(trainer)
+        if not labels:
+            return
+        if trainer.is_global_zero:
+            if self._batches is None:
+                self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
+            result = self.run(pl_module, self._batches)
+            result.update(step=trainer.global_step, labels=labels)
+            self.results.append(result)
+            log_scalars(trainer, self.scalars(result))
+        self.schedule.mark_done(labels)
+
+    def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
+        """Curves and curvatures on the current weights; parameters are restored bit-exactly after each."""
+        recorder, spectrum = self._recorder, self._spectrum
+        params = recorder.selection.params
+        theta = recorder.flat_params().double()  # [P]
+        theta_norm = float(theta.norm())
+        scale = theta_norm if self.eps_mode == "relative" else 1.0
+        fd_eps = self.fd_scale * theta_norm
+        sigma = [float(s) for s in spectrum.sigma]
+        found: dict[str, tuple[Tensor, dict[str, Any]]] = {}
+        entries: dict[str, dict[str, Any]] = {}
+        for k in self.directions:
+            try:
+                found[f"v{k}"] = (spectrum.directions([k])[0].to(theta), {"k": k, "sigma": sigma[k - 1]})
+            except DirectionUnavailable as err:
+                entries[f"v{k}"] = self._unavailable(k, sigma[k - 1] if k <= len(sigma) else math.nan, str(err))
+        randoms = [f"random{t}" for t in range(self.n_random)]
+        for t, name in enumerate(randoms):
+            found[name] = (random_subspace(1, theta.numel(), self.seed + t)[0].to(theta), {"seed": self.seed + t})
+
+        with eval_mode(pl_module):
+            base = evaluate(pl_module, batches, keep_outputs=True)
+
+            def at(direction: Tensor, eps: float) -> Evaluation:
+                with perturbed(params, split_like(theta + eps * direction, params)):
+                    return evaluate(pl_module, batches, keep_outputs=True)
+
+            for name, (d, info) in found.items():
+                curve = []
+                for e in self.eps:
+                    ev = at(d, e * scale)
+                    curve.append({"eps": e, "eps_abs": e * scale, "loss": ev.loss, "accuracy": ev.accuracy,
+                                  "kl": kl_divergence(base.log_probs, ev.log_probs)})
+                entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
+                if self.curvature:
+                    plus, minus = at(d, fd_eps).loss, at(d, -fd_eps).loss
+                    entry.update(fd=second_difference(plus, minus, base.loss, fd_eps), delta_loss=abs(plus - base.loss),
+                                 loss_plus=plus, loss_minus=minus)
+                entries[name] = entry
+            if self.curvature:
+                hvps = exact_curvatures(pl_module, batches, params, [d for d, _ in found.values()], base.token_total)
+                for name, h in zip(found, hvps):
+                    entries[name]["hvp"] = h
+        return {
+            "window_size": int(spectrum.window_size),
+            "window_end_step": recorder.steps_done - recorder.steps_done % recorder.interval,
+            "sigma": sigma,
+            "theta_norm": theta_norm,
+            "params": list(recorder.selection.names),
+            "eps_mode": self.eps_mode,
+            "fd_eps": fd_eps,
+            "base": {"loss": base.loss, "accuracy": base.accuracy, "trials": base.trials, "task_metric": base.task_metric},
+            "directions": {name: entries[name] for name in [f"v{k}" for k in self.directions] + randoms},
+        }
+
+    def _unavailable(self, k: int, sigma: float, reason: str) -> dict[str, Any]:
+        nan = math.nan
+        entry = {"status": "unavailable", "reason": reason, "k": k, "sigma": sigma, "curve": [], "max_kl": nan}
+        if self.curvature:
+            entry.update(hvp=nan, fd=nan, delta_loss=nan, loss_plus=nan, loss_minus=nan)
+        return entry
+
+    def scalars(self, result: dict[str, Any]) -> dict[str, float]:
+        """The logged scalars of one run (NaN where a direction is unavailable)."""
+        keys = ("hvp", "fd", "delta_loss") if self.curvature else ()
+        out, random = {}, {key: [] for key in ("max_kl",) + keys}
+        for name, entry in result["directions"].items():
+            if name.startswith("random"):
+                for key in random:
+                    random[key].append(entry[key])
+                continue
+            out[f"perturb/{name}/max_kl"] = entry["max_kl"]
+            for key in keys + (("sigma",) if self.curvature else ()):
+                out[f"curvature/{name}/{key}"] = entry[key]
+        out["perturb/random/max_kl_mean"] = float(np.mean(random.pop("max_kl")))
+        for key, values in random.items():
+            out[f"curvature/random/{key}_mean"] = float(np.mean(values))
+        return out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            payload = {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
+                       "eps_mode": self.eps_mode, "fd_scale": self.fd_scale, "results": self.results}
+            write_json(trainer, self.json_path, "perturbation.json", payload)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.results = state_dict["results"]

@@ -1,0 +1,183 @@
+"""Probe hidden states for a per-token target at scheduled steps (spec §8, with the §13.13 fixes).
+
+Outputs of named modules are captured by forward hooks on validation batches; the LightningModule supplies
+the target (``probe_targets``). Linear, quadratic and MLP probes are fit on a by-sequence-group split.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from callbacks.evaluation import evaluation_batches, require_evaluable
+from callbacks.hidden_states import captured_outputs, resolve_modules
+from callbacks.probes import PROBE_KINDS, run_probes, token_samples
+from callbacks.protocols import ProbeableModule, ProbeTarget
+from callbacks.run_results import eval_mode, log_scalars, write_json
+from callbacks.schedule import RunSchedule
+
+
+def module_aliases(modules: list[str] | dict[str, str], who: str) -> dict[str, str]:
+    """{alias: module name}; a list uses the module names as aliases."""
+    aliases = dict(modules) if isinstance(modules, dict) else {name: name for name in modules}
+    if not aliases:
+        raise ValueError(f"{who}: give at least one module name in `modules`")
+    return aliases
+
+
+def require_target(targets: dict[str, ProbeTarget], name: str, who: str) -> ProbeTarget:
+    if name not in targets:
+        raise ValueError(f"{who}: the module provides no probe target {name!r}; its probe_targets(batch) has {sorted(targets)}")
+    return targets[name]
+
+
+def run_once(states: dict[str, list[torch.Tensor]], who: str) -> dict[str, torch.Tensor]:
+    """The single output of each captured module; a module called several times per forward is ambiguous."""
+    for name, outs in states.items():
+        if len(outs) != 1:
+            raise ValueError(f"{who}: module {name!r} ran {len(outs)} times in one forward; name a module that runs once")
+    return {name: outs[0] for name, outs in states.items()}
+
+
+class ProbeCallback(Callback):
+    """Fit probes from the outputs of ``modules`` to the target ``target`` at scheduled steps; log held-out scores.
+
+    Logs ``probe/{alias}/{probe}_r2`` (regression) or ``probe/{alias}/{probe}_acc`` (categorical target) at
+    ``trainer.global_step``; keeps every score in ``results`` and writes them to JSON at fit end.
+
+    Args:
+        modules: module names as in ``named_modules()`` (e.g. ``encoder.layers.1``), or {alias: module name}.
+        target: name of a target returned by the LightningModule's ``probe_targets(batch)`` (e.g. ``depth``).
+        probes: any of ``linear`` (standardise + Ridge / logistic), ``quadratic`` (standardise + degree-2
+            features with squares + Ridge / logistic), ``mlp`` (standardise + 64-unit ReLU MLP, early stopping).
+        steps: optimizer steps after which to probe.
+        after_grok: offsets after the grok step (needs a ``GrokDetector``).
+        dataloader_idx: validation dataloader whose batches are probed.
+        max_sequences: probe the first this many sequences of that dataloader (None: all); 300 as the reference.
+        max_tokens: keep a seeded random subset of at most this many tokens (None: all). 3000 keeps the three
+            probes of one D=128 layer to seconds on one CPU core; the quadratic probe has D + D(D+1)/2 features.
+        test_fraction: fraction of sequence groups held out, in (0, 1).
+        seed: seed of the token subset, the group split and the MLP.
+        ridge_alpha: L2 strength of the linear probe (Ridge alpha; logistic C = 1/alpha).
+        quadratic_alpha: L2 strength of the quadratic probe (the reference's 10).
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/probes_{target}.json``.
+    """
+
+    def __init__(
+        self,
+        modules: list[str] | dict[str, str],
+        target: str,
+        probes: list[str] = list(PROBE_KINDS),
+        steps: list[int] = [],
+        after_grok: list[int] = [],
+        dataloader_idx: int = 0,
+        max_sequences: int | None = 300,
+        max_tokens: int | None = 3000,
+        test_fraction: float = 0.3,
+        seed: int = 0,
+        ridge_alpha: float = 1.0,
+        quadratic_alpha: float = 10.0,
+        json_path: str | None = None,
+    ) -> None:
+        self.modules = module_aliases(modules, "ProbeCallback")
+        unknown = [p for p in probes if p not in PROBE_KINDS]
+        if unknown or not probes:
+            raise ValueError(f"ProbeCallback: unknown probe kind {unknown[0] if unknown else None!r}; choose from {PROBE_KINDS}")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"ProbeCallback: test_fraction must lie in (0, 1), got {test_fraction}")
+        for name, value in (("max_sequences", max_sequences), ("max_tokens", max_tokens)):
+            if value is not None and value < 2:
+                raise ValueError(f"ProbeCallback: {name} must be >= 2 or None, got {value}")
+        if not (ridge_alpha > 0 and quadratic_alpha > 0):
+            raise ValueError(f"ProbeCallback: ridge_alpha and quadratic_alpha must be > 0, got {ridge_alpha}, {quadratic_alpha}")
+        self.target = target
+        self.probes = tuple(probes)
+        self.schedule = RunSchedule(steps, after_grok)
+        self.dataloader_idx = dataloader_idx
+        self.max_sequences = max_sequences
+        self.max_tokens = max_tokens
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.ridge_alpha = ridge_alpha
+        self.quadratic_alpha = quadratic_alpha
+        self.json_path = json_path
+        self.results: list[dict[str, Any]] = []
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        require_evaluable(pl_module, "ProbeCallback")
+        if not isinstance(pl_module, ProbeableModule):
+            raise TypeError("ProbeCallback needs the LightningModule to define `probe_targets(batch)` (callbacks.protocols)")
+        resolve_modules(pl_module, list(self.modules.values()), "ProbeCallback")
+        batch = evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0]
+        require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
+        self.schedule.start(trainer)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = self.schedule.due(trainer)
+        if not labels:
+            return
+        if trainer.is_global_zero:
+            self._run(trainer, pl_module, labels)
+        self.schedule.mark_done(labels)
+
+    def collect(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, bool]:
+        """({alias: features [n, D]}, values [n], groups [n], categorical) of the first ``max_sequences`` sequences."""
+        names = list(self.modules.values())
+        feats: dict[str, list] = {alias: [] for alias in self.modules}
+        values, groups, categorical = [], [], None
+        remaining = self.max_sequences
+        with eval_mode(pl_module):
+            for batch in evaluation_batches(trainer, pl_module, self.dataloader_idx):
+                with torch.no_grad(), captured_outputs(pl_module, names, "ProbeCallback") as store:
+                    pl_module.labelled_logits(batch)
+                states = run_once(store, "ProbeCallback")
+                target = require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
+                keep = target.mask.shape[0] if remaining is None else min(remaining, target.mask.shape[0])
+                target = ProbeTarget(target.values[:keep], target.mask[:keep], target.categorical, target.groups[:keep])
+                for alias, name in self.modules.items():
+                    x, y, g = token_samples(states[name][:keep], target)
+                    feats[alias].append(x)
+                values.append(y)
+                groups.append(g)
+                categorical = target.categorical
+                if remaining is not None:
+                    remaining -= keep
+                    if remaining == 0:
+                        break
+        data = {alias: np.concatenate(x) for alias, x in feats.items()}
+        return data, np.concatenate(values), np.concatenate(groups), bool(categorical)
+
+    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: list[str]) -> None:
+        data, values, groups, categorical = self.collect(trainer, pl_module)
+        metrics = {}
+        for alias, features in data.items():
+            for res in run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
+                                  self.max_tokens, self.ridge_alpha, self.quadratic_alpha):
+                metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value
+                self.results.append({"step": trainer.global_step, "labels": labels, "module": alias, "probe": res.kind,
+                                     "metric": res.metric, "value": res.value, "n_train": res.n_train, "n_test": res.n_test})
+        log_scalars(trainer, metrics)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        payload = {"target": self.target, "modules": self.modules, "results": self.results}
+        write_json(trainer, self.json_path, f"probes_{self.target}.json", payload)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.results = state_dict["results"]

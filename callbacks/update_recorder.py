@@ -1,0 +1,389 @@
+"""Record each optimizer step's update Δθ of selected parameters, split exactly into decay and gradient parts.
+
+Hooks torch's own ``optimizer.step`` (pre: snapshot θ_{s−1}; post: Δθ and the decay term the optimizer
+applied), sums ``interval`` steps into a row and keeps the last ``window`` rows for the spectral callbacks.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.optim import SGD, Adam, Optimizer
+
+from callbacks.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+
+SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
+
+
+@dataclass
+class RowEvent:
+    """A completed row, handed to listeners before it enters the ring (slot ``index % window``)."""
+
+    index: int  # 0-based row number
+    steps: int  # optimizer steps recorded when the row completed
+    total: Tensor  # [P] Δθ summed over the row's steps
+    wd: Tensor  # [P] decay part of it
+    ring_total: Tensor  # [window, P] previous rows; row r sits in slot r % window
+    ring_wd: Tensor  # [window, P]
+
+
+@dataclass
+class _Track:
+    """Per-parameter views into the flat buffers, and where the optimizer keeps the parameter."""
+
+    name: str
+    param: Tensor
+    group: dict
+    prev: Tensor  # θ_{s−1}, then −Δθ_s inside the post-hook
+    total: Tensor
+    wd: Tensor
+    raw: Optional[Tensor]
+    shadow: Optional[Tensor]  # SGD: decay part of the momentum buffer
+    first_momentum: bool = False
+
+
+def _decay_kind(optimizer: Optimizer, group: dict) -> str:
+    if isinstance(optimizer, Adam) and group.get("decoupled_weight_decay", False):
+        return "decoupled"
+    if isinstance(optimizer, SGD):
+        return "sgd"
+    return "unsupported"
+
+
+def _axpy(acc: Tensor, x: Tensor, coef: Any) -> None:
+    """acc += coef · x, with coef a float or a (possibly device) scalar tensor, without host sync."""
+    if isinstance(coef, Tensor):
+        acc.add_(x * coef)
+    else:
+        acc.add_(x, alpha=coef)
+
+
+class UpdateRecorder(Callback):
+    """Rows of summed updates Δθ (and their weight-decay part) of a parameter selection, per ``interval`` steps.
+
+    Counts exactly the optimizer steps that happen (accumulation, manual optimization, AMP-skipped steps).
+    """
+
+    def __init__(
+        self,
+        params: ParamSpec = "attn_weights",
+        interval: int = 1,
+        window: int = 5,
+        on_nonfinite: str = "error",
+        keep_raw_grad: bool = False,
+        sharded: Optional[bool] = None,
+    ) -> None:
+        check_spec(params)
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
+        if not isinstance(window, int) or window < 2:
+            raise ValueError(f"window must be an integer >= 2 (rows per Gram window), got {window!r}")
+        if on_nonfinite not in ("error", "skip"):
+            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+        self.params = list(params) if not isinstance(params, str) else params
+        self.interval = interval
+        self.window = window
+        self.on_nonfinite = on_nonfinite
+        self.keep_raw_grad = keep_raw_grad
+        self.sharded = sharded
+        self.steps_done = 0  # optimizer steps recorded
+        self.rows_done = 0  # rows that entered the ring
+        self.rows_skipped = 0  # non-finite rows dropped (on_nonfinite="skip")
+        self._row_steps = 0  # steps in the current partial row
+        self._selection: Optional[Selection] = None
+        self._tracks: list[_Track] = []
+        self._handles: list[Any] = []
+        self._listeners: list[Callable[[RowEvent], None]] = []
+        self._pending_state: Optional[dict] = None
+        self._is_sharded = False
+        self._shadow: Optional[Tensor] = None
+
+    # ---------------------------------------------------------------- public API
+    @staticmethod
+    def find(trainer: "pl.Trainer") -> "UpdateRecorder":
+        found = [cb for cb in trainer.callbacks if isinstance(cb, UpdateRecorder)]
+        if len(found) != 1:
+            raise ValueError(
+                f"expected exactly one UpdateRecorder in trainer.callbacks, found {len(found)}: "
+                "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]"
+            )
+        return found[0]
+
+    @property
+    def selection(self) -> Selection:
+        if self._selection is None:
+            raise RuntimeError("UpdateRecorder has no selection yet: it is made when fitting starts (or by attach())")
+        return self._selection
+
+    def flat_params(self) -> Tensor:
+        """Detached copy [P] of the selected parameters (this rank's shards), in selection order."""
+        return torch.cat([local_tensor(p).reshape(-1) for p in self.selection.params])
+
+    @torch.no_grad()
+    def write_flat_params(self, vec: Tensor) -> None:
+        """Copy ``vec`` [P] into the selected parameters, in place."""
+        if vec.numel() != self.selection.numel:
+            raise ValueError(f"write_flat_params needs {self.selection.numel} values, got {vec.numel()}")
+        for block, p in zip(self.selection.blocks, self.selection.params):
+            local_tensor(p).copy_(vec[block.offset : block.offset + block.numel].view(block.shape))
+
+    def window_rows(self, include_raw: bool = False) -> tuple[Tensor, ...]:
+        """(X_total, X_wd[, X_raw]) [w, P] of the last w = min(window, rows_done) rows, oldest→newest."""
+        if include_raw and not self.keep_raw_grad:
+            raise ValueError("raw gradient rows need UpdateRecorder(keep_raw_grad=True)")
+        if self._selection is None:
+            raise RuntimeError("UpdateRecorder has no rows yet: it starts recording when fitting starts")
+        order = self.ring_order(self.rows_done)
+        rings = (self._ring_total, self._ring_wd) + ((self._ring_raw,) if include_raw else ())
+        return tuple(r[order] for r in rings)
+
+    def add_row_listener(self, fn: Callable[[RowEvent], None]) -> None:
+        """Call ``fn(event)`` inside the optimizer post-hook whenever a row completes (device work only)."""
+        if fn not in self._listeners:
+            self._listeners.append(fn)
+
+    def all_reduce(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over ranks when the selection is sharded (every rank must call this); else return it."""
+        if self._is_sharded:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    # ---------------------------------------------------------------- attach / detach
+    def attach(self, module: nn.Module, optimizers: Sequence[Any]) -> None:
+        """Select parameters of ``module``, allocate the buffers and hook the optimizer that trains them."""
+        self.detach()
+        selection = select_parameters(module, self.params)
+        optimizer, groups = self._owner(selection, [getattr(o, "_optimizer", o) for o in optimizers])
+        for group in groups:
+            self._check_decay(optimizer, group)
+        self._is_sharded = self.sharded if self.sharded is not None else any(
+            hasattr(p, "to_local") for p in selection.params
+        )
+        if self._selection is None or self._selection.names != selection.names or self._selection.numel != selection.numel:
+            self._allocate(selection)
+        self._selection = selection
+        self._make_tracks(groups, momentum=isinstance(optimizer, SGD))
+        if self._pending_state is not None:
+            self._apply_state(self._pending_state)
+            self._pending_state = None
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_step),
+            optimizer.register_step_post_hook(self._post_step),
+        ]
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _owner(self, selection: Selection, optimizers: list[Optimizer]) -> tuple[Optimizer, list[dict]]:
+        where = {}
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    where[id(p)] = (opt, group)
+        missing = [n for n, p in zip(selection.names, selection.params) if id(p) not in where]
+        if missing:
+            raise ValueError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
+        owners = {id(where[id(p)][0]) for p in selection.params}
+        if len(owners) > 1:
+            raise ValueError("the selected parameters span several optimizers: select parameters of one optimizer")
+        return where[id(selection.params[0])][0], [where[id(p)][1] for p in selection.params]
+
+    def _check_decay(self, optimizer: Optimizer, group: dict) -> None:
+        if group.get("weight_decay", 0) != 0 and _decay_kind(optimizer, group) == "unsupported":
+            raise ValueError(
+                f"UpdateRecorder cannot split the weight decay of {type(optimizer).__name__}"
+                f"(weight_decay={group['weight_decay']}): supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
+            )
+
+    def _allocate(self, selection: Selection) -> None:
+        p0 = selection.params[0]
+        dtype = torch.promote_types(p0.dtype, torch.float32)
+        for p in selection.params:
+            dtype = torch.promote_types(dtype, p.dtype)
+        n, dev = selection.numel, p0.device
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+        self._prev, self._acc_total, self._acc_wd = zeros(n), zeros(n), zeros(n)
+        self._acc_raw = zeros(n) if self.keep_raw_grad else None
+        self._shadow = None
+        self._ring_total, self._ring_wd = zeros(self.window, n), zeros(self.window, n)
+        self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
+        self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
+
+    def _make_tracks(self, groups: list[dict], momentum: bool) -> None:
+        if momentum and self._shadow is None:
+            self._shadow = torch.zeros_like(self._prev)
+        self._tracks = []
+        for block, p, group in zip(self.selection.blocks, self.selection.params, groups):
+            cut = slice(block.offset, block.offset + block.numel)
+            self._tracks.append(
+                _Track(
+                    name=block.name,
+                    param=p,
+                    group=group,
+                    prev=self._prev[cut],
+                    total=self._acc_total[cut],
+                    wd=self._acc_wd[cut],
+                    raw=self._acc_raw[cut] if self._acc_raw is not None else None,
+                    shadow=self._shadow[cut] if momentum else None,
+                )
+            )
+
+    # ---------------------------------------------------------------- per-step path (no host sync)
+    @torch.no_grad()
+    def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for t in self._tracks:
+            t.prev.copy_(local_tensor(t.param).reshape(-1))
+            if t.shadow is not None:
+                t.first_momentum = optimizer.state.get(t.param, {}).get("momentum_buffer") is None
+
+    @torch.no_grad()
+    def _post_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        for t in self._tracks:
+            theta = local_tensor(t.param).reshape(-1)
+            if t.param.grad is not None:  # torch optimizers leave parameters without a gradient untouched
+                self._add_decay(optimizer, t)
+                if t.raw is not None:
+                    t.raw.add_(local_tensor(t.param.grad).reshape(-1))
+            t.prev.sub_(theta)  # prev = θ_{s−1} − θ_s
+            t.total.sub_(t.prev)
+        self.steps_done += 1
+        self._row_steps += 1
+        if self._row_steps == self.interval:
+            self._complete_row()
+
+    def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
+        """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the group's lr, ω now) to t.wd."""
+        group = t.group
+        lr, wd = group["lr"], group["weight_decay"]
+        kind = _decay_kind(optimizer, group)
+        if kind == "sgd" and group["momentum"] != 0:
+            mu, damp = group["momentum"], group["dampening"]
+            if t.first_momentum:  # torch initialises the buffer to the raw d_p, without dampening
+                t.shadow.copy_(t.prev).mul_(wd)
+            else:
+                t.shadow.mul_(mu)
+                _axpy(t.shadow, t.prev, (1 - damp) * wd)
+            if group["nesterov"]:
+                _axpy(t.wd, t.prev, -lr * wd)
+                _axpy(t.wd, t.shadow, -lr * mu)
+            else:
+                _axpy(t.wd, t.shadow, -lr)
+            return
+        if wd == 0:
+            return
+        if kind == "unsupported":
+            self._check_decay(optimizer, group)
+        _axpy(t.wd, t.prev, -lr * wd)
+
+    # ---------------------------------------------------------------- row completion (one sync per row)
+    def _complete_row(self) -> None:
+        finite = (torch.isfinite(self._acc_total).all() & torch.isfinite(self._acc_wd).all()).to(torch.float32)
+        if self._is_sharded:  # every rank must take the same branch
+            finite = self.all_reduce(finite) / dist.get_world_size()
+        if float(finite) < 1.0:
+            self._reject_row()
+        else:
+            event = RowEvent(
+                self.rows_done, self.steps_done, self._acc_total, self._acc_wd, self._ring_total, self._ring_wd
+            )
+            for fn in self._listeners:
+                fn(event)
+            slot = self.rows_done % self.window
+            self._ring_total[slot].copy_(self._acc_total)
+            self._ring_wd[slot].copy_(self._acc_wd)
+            if self._ring_raw is not None:
+                self._ring_raw[slot].copy_(self._acc_raw)
+            self.rows_done += 1
+        for acc in (self._acc_total, self._acc_wd, self._acc_raw):
+            if acc is not None:
+                acc.zero_()
+        self._row_steps = 0
+
+    def _reject_row(self) -> None:
+        first, last = self.steps_done - self.interval + 1, self.steps_done
+        steps = f"optimizer step {last}" if first == last else f"optimizer steps {first}..{last}"
+        bad = [
+            t.name for t in self._tracks if not (torch.isfinite(t.total).all() and torch.isfinite(t.wd).all())
+        ]
+        where = f"parameter {bad[0]!r}" if bad else "a parameter sharded on another rank"
+        if self.on_nonfinite == "error":
+            raise FloatingPointError(
+                f"non-finite update of {where} at {steps}: lower the learning rate or use on_nonfinite='skip'"
+            )
+        self.rows_skipped += 1
+        warnings.warn(f"UpdateRecorder dropped a non-finite row ({where}, {steps}); {self.rows_skipped} dropped so far")
+
+    def ring_order(self, rows: int) -> list[int]:
+        """Ring slots of the last min(window, rows) rows, oldest→newest."""
+        m = min(self.window, rows)
+        return [(rows - m + i) % self.window for i in range(m)]
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.attach(pl_module, trainer.optimizers)
+
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self.detach()
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self.detach()
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        if self._selection is None:
+            return dict(self._pending_state or {})
+        order = self.ring_order(self.rows_done)
+        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+        return {
+            "names": list(self._selection.names),
+            "numel": self._selection.numel,
+            "interval": self.interval,
+            "window": self.window,
+            "steps_done": self.steps_done,
+            "rows_done": self.rows_done,
+            "rows_skipped": self.rows_skipped,
+            "row_steps": self._row_steps,
+            "rows_total": cpu(self._ring_total[order]),
+            "rows_wd": cpu(self._ring_wd[order]),
+            "rows_raw": cpu(self._ring_raw[order]) if self._ring_raw is not None else None,
+            "acc_total": cpu(self._acc_total),
+            "acc_wd": cpu(self._acc_wd),
+            "acc_raw": cpu(self._acc_raw),
+            "shadow": cpu(self._shadow),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._selection is None:
+            self._pending_state = dict(state_dict)  # applied when attach() has allocated the buffers
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if (state["interval"], state["window"]) != (self.interval, self.window):
+            raise ValueError(
+                f"checkpoint recorded interval={state['interval']}, window={state['window']} but this UpdateRecorder "
+                f"has interval={self.interval}, window={self.window}: use the checkpoint's values to resume"
+            )
+        if tuple(state["names"]) != self.selection.names or state["numel"] != self.selection.numel:
+            raise ValueError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
+        self.steps_done, self.rows_done = state["steps_done"], state["rows_done"]
+        self.rows_skipped, self._row_steps = state["rows_skipped"], state["row_steps"]
+        order = self.ring_order(self.rows_done)
+        self._ring_total[order] = state["rows_total"].to(self._ring_total)
+        self._ring_wd[order] = state["rows_wd"].to(self._ring_wd)
+        if self._ring_raw is not None and state["rows_raw"] is not None:
+            self._ring_raw[order] = state["rows_raw"].to(self._ring_raw)
+        for name in ("acc_total", "acc_wd", "acc_raw", "shadow"):
+            buf = getattr(self, "_" + name)
+            if buf is not None and state[name] is not None:
+                buf.copy_(state[name])

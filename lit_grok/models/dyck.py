@@ -1,0 +1,97 @@
+"""The Dyck-1 causal encoder of spec §2.1: 2 pre-LN blocks (d 128, 4 heads), a depth classifier per token.
+
+Layers are built in the reference's order, so a seeded run draws the same initial weights; both blocks
+are deep copies of one layer (identical at init), as ``nn.TransformerEncoder`` makes them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from callbacks.protocols import ProbeTarget, sequence_keys
+from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+
+EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
+
+
+class DyckTransformer(GrokModule):
+    """Causal transformer encoder predicting the bracket depth after every token.
+
+    Args:
+        lr: AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay (1.0 groks, 0.0 is the control).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        vocab_size: input tokens (``(``, ``)``, PAD).
+        n_classes: depth classes (max_pairs + 1).
+        d_model: residual width.
+        n_heads: attention heads.
+        n_layers: encoder blocks.
+        d_ff: feed-forward width.
+        max_len: rows of the positional embedding (48 in the reference; only the first ctx_len train).
+    """
+
+    task_metric = "token_acc"
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-8,
+        vocab_size: int = 3,
+        n_classes: int = 13,
+        d_model: int = 128,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        d_ff: int = 256,
+        max_len: int = 48,
+    ) -> None:
+        super().__init__(lr, weight_decay, betas, eps)
+        if d_model % n_heads:
+            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+        self.save_hyperparameters()
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(max_len, d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, d_ff, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_classes)
+        self.metrics = nn.ModuleDict({name: TokenMetrics(n_classes) for name in EVAL_SETS})
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x [B, T] token ids -> logits [B, T, n_classes]
+        T = x.shape[1]
+        h = self.tok_emb(x) + self.pos_emb(torch.arange(T, device=x.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=h.dtype)
+        h = self.encoder(h, mask=mask, is_causal=True)
+        return self.head(self.ln_f(h))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = masked_cross_entropy(self(x), y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        name = EVAL_SETS[dataloader_idx]
+        metrics = self.metrics[name]
+        metrics.update(self(x), y)
+        self.log(f"{name}/loss", metrics.loss, add_dataloader_idx=False)
+        self.log(f"{name}/acc", metrics.acc, add_dataloader_idx=False, prog_bar=name == "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx, 0)
+
+    # --- what the analysis callbacks use (callbacks.protocols) ---
+    def labelled_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch
+        return labelled_positions(self(x), y)
+
+    def probe_targets(self, batch: tuple[Tensor, Tensor]) -> dict[str, ProbeTarget]:
+        x, y = batch
+        mask = y != -100
+        return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=sequence_keys(x))}

@@ -1,27 +1,57 @@
-"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export``."""
+"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export``.
+
+A configuration mistake caught by lit-grok's own validation is reported as one line naming the fix;
+any other failure keeps its full traceback.
+"""
 from __future__ import annotations
 
 import sys
+import traceback
+from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 
+OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("lit_grok", "callbacks"))
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """The exception at the root of a chain (jsonargparse wraps errors raised by constructors)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def raised_by_our_validation(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].filename.startswith(OUR_CODE) and isinstance(
+        exc, (ValueError, TypeError, KeyError, FileNotFoundError)
+    )
+
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "scan-export":
-        from lit_grok.data.scan import scan_export_main
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args and args[0] == "scan-export":
+            from lit_grok.data.scan import scan_export_main
 
-        scan_export_main(argv[1:])
-        return
-    LightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-    )
+            scan_export_main(args[1:])
+            return
+        LightningCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+        )
+    except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is our own validation error
+        root = innermost(exc)
+        if not raised_by_our_validation(root):
+            raise
+        message = root.args[0] if isinstance(root, KeyError) and root.args else root
+        print(f"lit-grok: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

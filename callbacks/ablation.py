@@ -79,7 +79,7 @@ def paired_interval(counts: PairedCounts, confidence: float) -> tuple[float, flo
     g, l, n = counts.gained, counts.lost, counts.n
     centre = (g - l) / (n + 2)
     sd = math.sqrt((g + l + 1) - (g - l) ** 2 / (n + 2)) / (n + 2)
-    return max(centre - z * sd, -1.0), min(centre + z * sd, 1.0)
+    return max(float(centre - z * sd), -1.0), min(float(centre + z * sd), 1.0)
 
 
 def resolvable(delta: float, interval: tuple[float, float], trials: int) -> bool:

@@ -143,11 +143,17 @@ class AblationCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._maybe_run(trainer, pl_module)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_run(trainer, pl_module)  # grokking seen by the validation after the last step
+        self.schedule.finish()
+
     def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         labels = self.schedule.due(trainer)
         if not labels:
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.results and self.results[-1]["step"] == trainer.global_step:
+            self.results[-1]["labels"] += labels  # e.g. "step_600" then "grok+0" on the same weights: measured once
+        elif trainer.is_global_zero:
             if self._batches is None:
                 self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
             result = self.run(pl_module, self._batches)

@@ -18,7 +18,12 @@ from callbacks.update_recorder import RowEvent
 
 class EdgeDecomposer(RowAnalysis):
     """Logs edge/grad_frac_v{k}, edge/alignment_v{k}, edge/grad_mean_v{k}, edge/wd_mean_v{k} and
-    update/norm_grad, update/norm_wd each time the UpdateRecorder completes a row (window ≥ 2 rows)."""
+    update/norm_grad, update/norm_wd each time the UpdateRecorder completes a row (window ≥ 2 rows).
+
+    Args:
+        top_k: leading directions decomposed (at most the recorder's window).
+        history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+    """
 
     def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
         super().__init__(top_k, history_path)

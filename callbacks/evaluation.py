@@ -89,7 +89,8 @@ def evaluate(pl_module: EvaluableModule, batches: Sequence[Any], keep_outputs: b
     outcomes, log_probs = [], []
     for batch in batches:
         logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
-        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
+        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         hit = logits.argmax(-1) == targets
         tok_ok += int(hit.sum())
         tok_n += hit.numel()

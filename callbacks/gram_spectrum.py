@@ -32,7 +32,12 @@ class DirectionUnavailable(ValueError):
 
 class GramSpectrum(RowAnalysis):
     """Logs edge/sigma_k, g23, k_star, gap_ratio, rotation_v1_deg, rotation_span12_deg, cos_theta_v{k} and
-    update/norm_total, update/theta_norm each time the UpdateRecorder completes a row (window ≥ 2 rows)."""
+    update/norm_total, update/theta_norm each time the UpdateRecorder completes a row (window ≥ 2 rows).
+
+    Args:
+        top_k: leading directions reported (at most the recorder's window).
+        history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+    """
 
     def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
         super().__init__(top_k, history_path)
@@ -44,7 +49,7 @@ class GramSpectrum(RowAnalysis):
         for cb in trainer.callbacks:
             if isinstance(cb, GramSpectrum):
                 return cb
-        raise ValueError("no GramSpectrum in trainer.callbacks: add UpdateRecorder() and GramSpectrum() to the callbacks")
+        raise ValueError("no GramSpectrum in trainer.callbacks: add UpdateRecorder() and GramSpectrum() to them")
 
     # ---------------------------------------------------------------- per row
     def _row_products(self, event: RowEvent) -> Tensor:
@@ -72,7 +77,8 @@ class GramSpectrum(RowAnalysis):
             metrics[f"edge/sigma_{k}"] = float(sigma[k - 1])
         for k in range(1, min(self.top_k, w - 1) + 1):
             metrics[f"edge/sigma_ratio_{k}"] = stats["ratios"][k - 1]
-        metrics.update({"edge/g23": stats["g23"], "edge/k_star": float(stats["k_star"]), "edge/gap_ratio": stats["gap_ratio"]})
+        metrics["edge/g23"], metrics["edge/gap_ratio"] = stats["g23"], stats["gap_ratio"]
+        metrics["edge/k_star"] = float(stats["k_star"])
         n = usable_modes(sigma, self.top_k)
         if theta_norm > 0:
             cosines = theta_cosines(x_theta[-w:], u[:, :n], sigma[:n], theta_norm)

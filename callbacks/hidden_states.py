@@ -30,6 +30,8 @@ def captured_outputs(model: nn.Module, names: Sequence[str], who: str = "capture
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple, output) -> None:
             out = output[0] if isinstance(output, (tuple, list)) else output
+            if out.is_nested:
+                raise ValueError(f"{who}: {name!r} returned a nested tensor; build the encoder with enable_nested_tensor=False")
             store[name].append(out.detach())
 
         return hook

@@ -39,7 +39,8 @@ def exact_curvatures(pl_module: pl.LightningModule, batches: list[Any], params: 
     with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         for batch in batches:
             logits, targets, _ = pl_module.labelled_logits(batch)  # [N, C], [N]
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum") / n_tokens
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(logits, targets, reduction="sum") / n_tokens
             total += hessian_quadratic_forms(loss, params, pieces)
     return total.tolist()
 
@@ -121,11 +122,17 @@ class PerturbationCallback(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._maybe_run(trainer, pl_module)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_run(trainer, pl_module)  # grokking seen by the validation after the last step
+        self.schedule.finish()
+
     def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         labels = self.schedule.due(trainer)
         if not labels:
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.results and self.results[-1]["step"] == trainer.global_step:
+            self.results[-1]["labels"] += labels  # e.g. "step_600" then "grok+0" on the same weights: measured once
+        elif trainer.is_global_zero:
             if self._batches is None:
                 self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
             result = self.run(pl_module, self._batches)
@@ -157,9 +164,9 @@ class PerturbationCallback(Callback):
         with eval_mode(pl_module):
             base = evaluate(pl_module, batches, keep_outputs=True)
 
-            def at(direction: Tensor, eps: float) -> Evaluation:
+            def at(direction: Tensor, eps: float, keep_outputs: bool = True) -> Evaluation:
                 with perturbed(params, split_like(theta + eps * direction, params)):
-                    return evaluate(pl_module, batches, keep_outputs=True)
+                    return evaluate(pl_module, batches, keep_outputs=keep_outputs)
 
             for name, (d, info) in found.items():
                 curve = []
@@ -169,7 +176,7 @@ class PerturbationCallback(Callback):
                                   "kl": kl_divergence(base.log_probs, ev.log_probs)})
                 entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
                 if self.curvature:
-                    plus, minus = at(d, fd_eps).loss, at(d, -fd_eps).loss
+                    plus, minus = at(d, fd_eps, False).loss, at(d, -fd_eps, False).loss
                     entry.update(fd=second_difference(plus, minus, base.loss, fd_eps), delta_loss=abs(plus - base.loss),
                                  loss_plus=plus, loss_minus=minus)
                 entries[name] = entry

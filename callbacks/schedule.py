@@ -5,11 +5,13 @@ API (small and stable; shared by the analysis callbacks):
     schedule.start(trainer)          # in on_fit_start: rejects steps in the past, finds the GrokDetector if needed
     labels = schedule.due(trainer)   # labels due at trainer.global_step, e.g. ["step_500"], ["grok+0"]; [] if none
     schedule.mark_done(labels)       # after the run succeeded; done labels are never due again
+    schedule.finish()                # in on_train_end, after a last `due`: warns about labels that never ran
     schedule.state_dict() / schedule.load_state_dict(state)   # done labels survive a resume
 
 A label is due when ``trainer.global_step`` equals its target: the weights are those after that optimizer
-step. Call ``due`` from ``on_train_batch_end`` and from ``on_train_batch_start`` (the step-g weights are
-still in place there), so a "grok+0" found by the validation that follows step g still runs on step g.
+step. Call ``due`` from ``on_train_batch_end``, ``on_train_batch_start`` and ``on_train_end`` (the step-g
+weights are still in place there), so a "grok+0" found by the validation that follows step g, even the
+last step, still runs on step g.
 """
 from __future__ import annotations
 
@@ -71,6 +73,16 @@ class RunSchedule:
 
     def mark_done(self, labels: Sequence[str]) -> None:
         self.done.update(labels)
+
+    def finish(self) -> list[str]:
+        """Labels that never ran (training ended first, or grokking was never detected); warns once about them."""
+        grok_known = self._detector is not None and self._detector.grok_step is not None
+        never = [f"step_{s}" for s in self.steps] + [f"grok+{o}" for o in self.after_grok]
+        never = [label for label in never if label not in self.done and label not in self._warned]
+        if never:
+            why = "" if grok_known or not self.after_grok else " (grokking was not detected)"
+            rank_zero_warn(f"scheduled runs {never} never happened: training ended first{why}")
+        return never
 
     def _targets(self) -> list[tuple[str, int]]:
         targets = [(f"step_{s}", s) for s in self.steps]

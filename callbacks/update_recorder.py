@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import lightning.pytorch as pl
@@ -64,10 +65,26 @@ def _axpy(acc: Tensor, x: Tensor, coef: Any) -> None:
         acc.add_(x, alpha=coef)
 
 
+def _to_cpu(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach().cpu().clone()
+
+
 class UpdateRecorder(Callback):
     """Rows of summed updates Δθ (and their weight-decay part) of a parameter selection, per ``interval`` steps.
 
     Counts exactly the optimizer steps that happen (accumulation, manual optimization, AMP-skipped steps).
+
+    Args:
+        params: ``"attn_weights"`` (attention projection matrices, the reference), ``"all_matrices"``,
+            ``"all"``, or a list of glob patterns over parameter names; frozen parameters are skipped.
+        interval: optimizer steps summed into one row (the reference uses 100 for Dyck, 500 for SCAN).
+        window: rows kept for the Gram window (the reference uses 5).
+        on_nonfinite: ``"error"`` stops on a non-finite row; ``"skip"`` drops it with a warning.
+        keep_raw_grad: also sum the gradients the optimizer saw (after clipping / unscaling).
+        sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
+
+    With SGD momentum, attach before the first step (or resume from a checkpoint holding this callback):
+    the decay part of a momentum buffer that predates the recorder is unknown and taken as zero.
     """
 
     def __init__(
@@ -165,7 +182,7 @@ class UpdateRecorder(Callback):
         self._is_sharded = self.sharded if self.sharded is not None else any(
             hasattr(p, "to_local") for p in selection.params
         )
-        if self._selection is None or self._selection.names != selection.names or self._selection.numel != selection.numel:
+        if self._selection is None or (self._selection.names, self._selection.numel) != (selection.names, selection.numel):
             self._allocate(selection)
         self._selection = selection
         self._make_tracks(groups, momentum=isinstance(optimizer, SGD))
@@ -209,7 +226,7 @@ class UpdateRecorder(Callback):
         for p in selection.params:
             dtype = torch.promote_types(dtype, p.dtype)
         n, dev = selection.numel, p0.device
-        zeros = lambda *shape: torch.zeros(*shape, dtype=dtype, device=dev)  # noqa: E731
+        zeros = partial(torch.zeros, dtype=dtype, device=dev)
         self._prev, self._acc_total, self._acc_wd = zeros(n), zeros(n), zeros(n)
         self._acc_raw = zeros(n) if self.keep_raw_grad else None
         self._shadow = None
@@ -262,7 +279,7 @@ class UpdateRecorder(Callback):
     def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
         """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the group's lr, ω now) to t.wd."""
         group = t.group
-        lr, wd = group["lr"], group["weight_decay"]
+        lr, wd = group["lr"], group.get("weight_decay", 0)
         kind = _decay_kind(optimizer, group)
         if kind == "sgd" and group["momentum"] != 0:
             mu, damp = group["momentum"], group["dampening"]
@@ -341,7 +358,6 @@ class UpdateRecorder(Callback):
         if self._selection is None:
             return dict(self._pending_state or {})
         order = self.ring_order(self.rows_done)
-        cpu = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
         return {
             "names": list(self._selection.names),
             "numel": self._selection.numel,
@@ -351,13 +367,13 @@ class UpdateRecorder(Callback):
             "rows_done": self.rows_done,
             "rows_skipped": self.rows_skipped,
             "row_steps": self._row_steps,
-            "rows_total": cpu(self._ring_total[order]),
-            "rows_wd": cpu(self._ring_wd[order]),
-            "rows_raw": cpu(self._ring_raw[order]) if self._ring_raw is not None else None,
-            "acc_total": cpu(self._acc_total),
-            "acc_wd": cpu(self._acc_wd),
-            "acc_raw": cpu(self._acc_raw),
-            "shadow": cpu(self._shadow),
+            "rows_total": _to_cpu(self._ring_total[order]),
+            "rows_wd": _to_cpu(self._ring_wd[order]),
+            "rows_raw": _to_cpu(self._ring_raw[order]) if self._ring_raw is not None else None,
+            "acc_total": _to_cpu(self._acc_total),
+            "acc_wd": _to_cpu(self._acc_wd),
+            "acc_raw": _to_cpu(self._acc_raw),
+            "shadow": _to_cpu(self._shadow),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

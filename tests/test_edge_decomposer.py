@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 from callbacks.gram_math import decompose
 from oracle import ADAMW, TinyAttention, assert_metrics_close, brute_for_run, make_loader, run_fit
+from oracle import single_thread  # noqa: F401 (autouse fixture)
 
 SGD_MOMENTUM = {"cls": torch.optim.SGD, "kwargs": {"lr": 0.3, "weight_decay": 0.05, "momentum": 0.9, "dampening": 0.2}}
 SGD_NESTEROV = {
@@ -56,7 +57,7 @@ def test_resume_mid_window_continues_exactly(tmp_path, optim, kind):
     (path,) = glob.glob(str(tmp_path / "ckpt" / "*step=13*.ckpt"))  # 4 rows done, 1 step into the 5th
 
     rec2 = UpdateRecorder(interval=interval, window=window)
-    model2, _, resumed = run_fit(tmp_path / "b", rec2, optim, steps=24, analyses=_analyses(3), batches=1, ckpt_path=path)
+    model2, _, resumed = run_fit(tmp_path / "b", rec2, optim, 24, _analyses(3), batches=1, ckpt_path=path)
     for p, q in zip(model.parameters(), model2.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)  # the resumed trajectory is the same run
     later = {s: m for s, m in full.by_step.items() if s > 13}
@@ -82,7 +83,8 @@ def test_decompose_matches_explicit_projections():
 
 
 def test_grad_frac_is_half_without_any_projection():
-    assert decompose(torch.zeros(3, 3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 1.0)["grad_frac"] == 0.5
+    zeros = torch.zeros(3, 3, dtype=torch.float64)
+    assert decompose(zeros, zeros[0], 1.0)["grad_frac"] == 0.5
 
 
 def test_zero_weight_decay_gives_all_gradient(tmp_path):

@@ -83,3 +83,160 @@ def test_split_like_checks_size():
     assert pieces[0].dtype == torch.float32 and pieces[0].shape == (2, 3) and pieces[1].tolist() == [6, 7, 8, 9]
     with pytest.raises(ValueError, match="vector has 9 entries"):
         split_like(torch.zeros(9), params)
+
+
+# ---- PerturbationCallback end to end (TinyAttention, float64) ------------------------------------
+import json
+
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from callbacks.evaluation import evaluation_batches
+from callbacks.perturbation_callback import PerturbationCallback
+from tiny_attention_model import one_thread, evaluate_at, fit_tiny, flat, gram_directions
+
+EPS = [-0.02, 0.0, 0.01, 0.02]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("perturbation")
+    cb = PerturbationCallback(steps=[3], after_grok=[4], directions=[1, 2, 4], n_random=2, seed=9, eps=EPS)
+    trainer, model, spy, logger = fit_tiny([cb], max_steps=8, root=str(root))
+    return cb, trainer, model, spy, logger, root
+
+
+def brute_direction(spy, step, name, seed=9):
+    if name.startswith("v"):
+        return gram_directions(spy.rows[step], [int(name[1:])])[0]
+    r = np.random.default_rng(seed + int(name[len("random"):])).standard_normal(spy.rows[step].shape[1])
+    return r / np.linalg.norm(r)
+
+
+def test_runs_only_at_scheduled_steps(fitted):
+    cb = fitted[0]
+    assert [(r["step"], r["labels"], r["window_size"]) for r in cb.results] == [(3, ["step_3"], 3), (8, ["grok+4"], 4)]
+
+
+def test_curves_match_brute_force_and_kl_is_zero_at_zero(fitted):
+    cb, _, _, spy, _, _ = fitted
+    for r in cb.results:
+        state, names = spy.state[r["step"]], spy.names
+        theta = flat(state, names)
+        base_loss, _, _, base_logp = evaluate_at(state, names, theta)
+        for name, entry in r["directions"].items():
+            if entry["status"] != "ok":
+                continue
+            d = brute_direction(spy, r["step"], name)
+            for point in entry["curve"]:
+                loss, acc, _, logp = evaluate_at(state, names, theta + point["eps"] * d)
+                kl = np.mean(np.sum(np.exp(base_logp) * (base_logp - logp), axis=1))
+                assert point["loss"] == pytest.approx(loss, rel=1e-9) and point["accuracy"] == acc
+                assert point["kl"] == pytest.approx(kl, rel=1e-6, abs=1e-15)
+                if point["eps"] == 0:
+                    assert point["kl"] == 0.0 and point["loss"] == r["base"]["loss"]
+            assert entry["max_kl"] == max(p["kl"] for p in entry["curve"]) > 0
+
+
+def test_hvp_equals_full_hessian_and_fd_agrees(fitted):
+    cb, trainer, model, spy, _, _ = fitted
+    r = cb.results[-1]  # step 8 = the final weights, still in the model
+    names = spy.names
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    sizes = [params[n].numel() for n in names]
+    batches = evaluation_batches(trainer, model)
+
+    def loss_of(flat_theta):
+        values = dict(params)
+        values.update({n: piece.view_as(params[n]) for n, piece in zip(names, flat_theta.split(sizes))})
+        total, count = 0.0, 0
+        for x, y in batches:
+            logits = functional_call(model, values, (x,))
+            keep = y != -100
+            total = total + torch.nn.functional.cross_entropy(logits[keep], y[keep], reduction="sum")
+            count += int(keep.sum())
+        return total / count
+
+    with sdpa_kernel([SDPBackend.MATH]):  # the fused attention kernels have no double backward
+        H = torch.autograd.functional.hessian(loss_of, torch.from_numpy(flat(spy.state[8], names)), vectorize=True)
+    for name in ("v1", "v4", "random0"):
+        v = torch.from_numpy(brute_direction(spy, 8, name))
+        entry = r["directions"][name]
+        assert entry["hvp"] == pytest.approx(float(v @ H @ v), rel=1e-8)
+        assert entry["fd"] == pytest.approx(entry["hvp"], rel=1e-4, abs=1e-8)  # float64: FD error is O(ε²)
+        assert entry["delta_loss"] == pytest.approx(abs(entry["loss_plus"] - r["base"]["loss"]))
+    assert r["fd_eps"] == pytest.approx(1e-3 * r["theta_norm"])
+    assert r["directions"]["v1"]["sigma"] == pytest.approx(np.linalg.svd(spy.rows[8], compute_uv=False)[0], rel=1e-8)
+
+
+def test_unavailable_direction_and_logging(fitted):
+    cb, _, _, _, logger, root = fitted
+    v4 = cb.results[0]["directions"]["v4"]  # 3-row window
+    assert v4["status"] == "unavailable" and np.isnan(v4["max_kl"]) and np.isnan(v4["hvp"]) and v4["curve"] == []
+    logged = next(m for step, m in logger.logged if step == 3 and "perturb/v1/max_kl" in m)
+    assert np.isnan(logged["perturb/v4/max_kl"]) and np.isnan(logged["curvature/v4/hvp"])
+    assert logged["curvature/v1/hvp"] == cb.results[0]["directions"]["v1"]["hvp"]
+    rand = [cb.results[0]["directions"][f"random{t}"]["hvp"] for t in range(2)]
+    assert logged["curvature/random/hvp_mean"] == pytest.approx(np.mean(rand))
+    saved = json.load(open(root / "perturbation.json"))
+    assert saved["results"][0]["directions"]["v4"]["hvp"] is None and saved["eps"] == EPS
+
+
+def test_relative_mode_and_bit_exact_restore(fitted, monkeypatch):
+    cb, trainer, model, spy, _, _ = fitted
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = evaluation_batches(trainer, model)
+    monkeypatch.setattr(cb, "eps_mode", "relative")
+    monkeypatch.setattr(cb, "curvature", False)
+    r = cb.run(model, batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    theta = flat(spy.state[8], spy.names)
+    point = r["directions"]["v1"]["curve"][0]
+    assert point["eps_abs"] == pytest.approx(EPS[0] * np.linalg.norm(theta))
+    loss, _, _, _ = evaluate_at(spy.state[8], spy.names, theta + point["eps_abs"] * brute_direction(spy, 8, "v1"))
+    assert point["loss"] == pytest.approx(loss, rel=1e-9)
+    import callbacks.perturbation_callback as module
+
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("boom")
+        return evaluate(*args, **kwargs)
+
+    evaluate = module.evaluate
+    monkeypatch.setattr(module, "evaluate", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        cb.run(model, batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eps=[-0.1, 0.1]), "must contain 0"),
+        (dict(directions=[]), "is empty"),
+        (dict(directions=[0]), "k >= 1"),
+        (dict(n_random=0), "n_random must be an integer >= 1"),
+        (dict(eps_mode="log"), "eps_mode must be"),
+        (dict(fd_scale=0), "fd_scale must be > 0"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PerturbationCallback(**{"steps": [1], **kwargs})
+
+
+def test_missing_spectrum_fails_before_training(tmp_path):
+    import lightning.pytorch as pl
+
+    from callbacks.update_recorder import UpdateRecorder
+    from tiny_attention_model import TinyAttention
+
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[UpdateRecorder(), PerturbationCallback(steps=[1])])
+    with pytest.raises(ValueError, match="no GramSpectrum"):
+        trainer.fit(TinyAttention())
+    assert trainer.global_step == 0

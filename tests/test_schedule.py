@@ -121,22 +121,42 @@ class Probe(pl.Callback):
         self.after_step[trainer.global_step] = pl_module.lin.weight.detach().clone()
         self._check(trainer, pl_module, "end")
 
+    def on_train_end(self, trainer, pl_module):
+        self._check(trainer, pl_module, "train_end")
+        self.schedule.finish()
 
-def test_runs_exactly_at_targets_in_a_real_fit():
+
+def fit_probe(schedule, max_steps):
     torch.manual_seed(0)
     x = torch.randn(64, 1)
     data = DataLoader(TensorDataset(x, 2 * x), batch_size=4)
-    probe = Probe(RunSchedule(steps=[2, 5], after_grok=[0, 3]))
+    probe = Probe(schedule)
     trainer = pl.Trainer(
-        max_steps=14, val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
+        max_steps=max_steps, val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
         num_sanity_val_steps=0, callbacks=[probe, GrokDetector(threshold=0.5)],
         enable_progress_bar=False, logger=False, enable_checkpointing=False, enable_model_summary=False,
     )
     trainer.fit(Regression(), data, data)
-    detector = GrokDetector.find(trainer)
-    assert detector.grok_step == 6
-    fired = [(hook, step, labels) for hook, step, labels, _ in probe.fired]
+    assert GrokDetector.find(trainer).grok_step == 6
+    for _, step, _, weight in probe.fired:
+        assert torch.equal(weight, probe.after_step[step])  # every run saw the weights after its target step
+    return [(hook, step, labels) for hook, step, labels, _ in probe.fired]
+
+
+def test_runs_exactly_at_targets_in_a_real_fit():
+    fired = fit_probe(RunSchedule(steps=[2, 5], after_grok=[0, 3]), max_steps=14)
     # grok is seen by the validation after step 6, so grok+0 runs at the next batch start, still on step-6 weights
     assert fired == [("end", 2, ["step_2"]), ("end", 5, ["step_5"]), ("start", 6, ["grok+0"]), ("end", 9, ["grok+3"])]
-    for _, step, _, weight in probe.fired:
-        assert torch.equal(weight, probe.after_step[step])
+
+
+def test_grok_at_the_last_step_runs_at_train_end_and_unrun_labels_warn():
+    with pytest.warns(UserWarning, match=r"\['step_9', 'grok\+1'\] never happened: training ended first"):
+        fired = fit_probe(RunSchedule(steps=[2, 9], after_grok=[0, 1]), max_steps=6)
+    assert fired == [("end", 2, ["step_2"]), ("train_end", 6, ["grok+0"])]
+
+
+def test_finish_says_when_grokking_was_not_detected():
+    schedule = RunSchedule(after_grok=[0])
+    schedule.start(fake_trainer(0))
+    with pytest.warns(UserWarning, match="never happened: training ended first \\(grokking was not detected\\)"):
+        assert schedule.finish() == ["grok+0"]

@@ -30,6 +30,11 @@ class GrokModule(pl.LightningModule):
         if not eps > 0:
             raise ValueError(f"model.eps must be > 0, got {eps}")
 
+    def on_validation_epoch_end(self) -> None:
+        # ||theta|| over all parameters, beside the metrics (the WD intervention compares it across decays)
+        norm = torch.sqrt(sum(p.detach().float().pow(2).sum() for p in self.parameters()))
+        self.log("weights/norm_all", norm)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
         return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)

@@ -1,0 +1,311 @@
+"""At scheduled steps: positional DFT of hidden states, per-head attention summaries, and optionally the
+depth-basis Fourier of the Gram edge's perturbation response (spec §10.1, §10.2-10.3, §10.4, §6.4).
+
+Everything comes from the model's own forward on validation batches: module outputs and attention
+probabilities are captured by hooks; the edge perturbation is undone bit-exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from callbacks.attention import (
+    captured_attention, attention_modules, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern,
+    pattern_power, recent_score, uniform_causal_entropy,
+)
+from callbacks.evaluation import evaluation_batches, perturbed, require_evaluable
+from callbacks.fourier import grouped_spectrum, positional_power, summarize_spectrum
+from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
+from callbacks.hidden_states import captured_outputs, resolve_modules
+from callbacks.perturbation import split_like
+from callbacks.probe_callback import json_name, module_aliases, require_target, run_once
+from callbacks.probes import run_probes
+from callbacks.protocols import ProbeableModule, ProbeTarget
+from callbacks.run_results import eval_mode, log_scalars, write_json
+from callbacks.schedule import RunSchedule
+from callbacks.update_recorder import UpdateRecorder
+
+
+def check_aligned(mask: Tensor, shape: torch.Size, alias: str, target: str) -> None:
+    if tuple(mask.shape) != tuple(shape[:2]):
+        raise ValueError(
+            f"FourierAttentionCallback: the mask of target {target!r} has shape {tuple(mask.shape)} but {alias!r} has "
+            f"[B, T] = {tuple(shape[:2])}; use a separate callback without mask_target for this module"
+        )
+
+
+def cat_batches(chunks: list[Tensor], alias: str) -> Tensor:
+    """Concatenate per-batch captures along the batch axis; they must share every other size."""
+    shapes = {tuple(c.shape[1:]) for c in chunks}
+    if len(shapes) > 1:
+        raise ValueError(f"FourierAttentionCallback: {alias!r} has batches of different shapes {sorted(shapes)}; "
+                         "pad the validation batches to one length")
+    return torch.cat(chunks)
+
+
+class FourierAttentionCallback(Callback):
+    """Positional DFT of ``modules`` outputs and per-head summaries of ``attention`` probabilities, at scheduled steps.
+
+    Logs ``fourier/{alias}/{top1,top3,top5,omega_star,dc_share}`` (centred, DC apart) and, with
+    ``reference_variant``, ``fourier/{alias}/ref_{top1,top3,omega_star}`` (uncentred, DC counted);
+    ``attention/{alias}/head{h}/{entropy,kl_uniform,local,recent}`` and ``attention/{alias}/entropy_mean``
+    (plus ``entropy_all``: all queries, pads included, when ``mask_target`` is set); ``kl_uniform`` is the KL of the
+    mean pattern to uniform attention on keys 0..t when the probabilities are causal, else on all S keys (padded
+    keys included); with ``response_module``,
+    ``fourier_edge/v{k}/{F,omega_star,elevation,func_r2}``. Everything, spectra included, goes to ``results``/JSON.
+
+    Args:
+        modules: modules whose outputs [B, T, D] get a positional DFT, or {alias: module name}.
+        attention: ``nn.MultiheadAttention`` modules to summarise (list or {alias: name}); None: all of them.
+        mask_target: probe target whose mask marks valid positions (DFT positions, attention queries);
+            None: every position counts. Modules must share its [B, T].
+        steps: optimizer steps after which to run.
+        after_grok: offsets after the grok step (needs a ``GrokDetector``).
+        dataloader_idx: validation dataloader to use.
+        max_sequences: use its first this many sequences (None: all).
+        reference_variant: also log the reference's uncentred, DC-included DFT summaries.
+        response_module: module whose output h gives f_k = ‖h(θ+εv_k) − h(θ)‖² per token (e.g. ``ln_f``);
+            None: skip the edge response. Needs ``UpdateRecorder`` and ``GramSpectrum``.
+        response_target: probe target whose values group f_k (e.g. ``depth``) and whose mask picks tokens.
+        directions: 1-indexed Gram directions v_k for the edge response.
+        eps_scale: ε = eps_scale · ‖θ‖ of the recorder's selection (the reference's 0.005).
+        seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
+            (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
+    """
+
+    def __init__(
+        self,
+        modules: list[str] | dict[str, str] = [],
+        attention: list[str] | dict[str, str] | None = None,
+        mask_target: str | None = None,
+        steps: list[int] = [],
+        after_grok: list[int] = [],
+        dataloader_idx: int = 0,
+        max_sequences: int | None = 500,
+        reference_variant: bool = True,
+        response_module: str | None = None,
+        response_target: str | None = None,
+        directions: list[int] = [1],
+        eps_scale: float = 0.005,
+        seed: int = 0,
+        json_path: str | None = None,
+    ) -> None:
+        self.modules = module_aliases(modules, "FourierAttentionCallback", allow_empty=True)
+        self.attention = None if attention is None else module_aliases(attention, "FourierAttentionCallback", allow_empty=True)
+        if max_sequences is not None and max_sequences < 1:
+            raise ValueError(f"FourierAttentionCallback: max_sequences must be >= 1 or None, got {max_sequences}")
+        if (response_module is None) != (response_target is None):
+            raise ValueError("FourierAttentionCallback: give both response_module and response_target, or neither")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in directions) or not directions:
+            raise ValueError(f"FourierAttentionCallback: directions must be 1-indexed integers >= 1, got {directions}")
+        if not eps_scale > 0:
+            raise ValueError(f"FourierAttentionCallback: eps_scale must be > 0, got {eps_scale}")
+        if not self.modules and self.attention == {} and response_module is None:
+            raise ValueError("FourierAttentionCallback has nothing to do: give modules, attention (None: all) or response_module")
+        self.mask_target = mask_target
+        self.schedule = RunSchedule(steps, after_grok)
+        self.dataloader_idx = dataloader_idx
+        self.max_sequences = max_sequences
+        self.reference_variant = reference_variant
+        self.response_module = response_module
+        self.response_target = response_target
+        self.directions = list(directions)
+        self.eps_scale = eps_scale
+        self.seed = seed
+        self.json_path = json_path
+        self.results: list[dict[str, Any]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(modules=self.modules, attention=self.attention, response=self.response_module)
+
+    def prepare(self, pl_module: pl.LightningModule) -> None:
+        """Check the module names against ``pl_module`` and resolve the attention modules; ``run`` needs it."""
+        who = "FourierAttentionCallback"
+        require_evaluable(pl_module, who)
+        resolve_modules(pl_module, list(self.modules.values()) + [self.response_module] * (self.response_module is not None), who)
+        attn = attention_modules(pl_module, None if self.attention is None else list(self.attention.values()), who)
+        self._attention = self.attention if self.attention is not None else {name: name for name in attn}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        who = "FourierAttentionCallback"
+        self.prepare(pl_module)
+        wanted = [t for t in (self.mask_target, self.response_target) if t is not None]
+        if wanted:
+            if not isinstance(pl_module, ProbeableModule):
+                raise TypeError(f"{who} needs the LightningModule to define `probe_targets(batch)` for its targets")
+            targets = pl_module.probe_targets(evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0])
+            for name in wanted:
+                require_target(targets, name, who)
+        if self.response_module is not None:
+            self._recorder = UpdateRecorder.find(trainer)
+            self._spectrum = GramSpectrum.find(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.start(trainer)  # here, not in on_fit_start: a resume has restored global_step by now
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._maybe_run(trainer, pl_module)
+
+    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = self.schedule.due(trainer)
+        if not labels:
+            return
+        if trainer.is_global_zero:
+            with eval_mode(pl_module), torch.no_grad():
+                result = self.run(pl_module, evaluation_batches(trainer, pl_module, self.dataloader_idx))
+            result.update(step=trainer.global_step, labels=labels)
+            self.results.append(result)
+            log_scalars(trainer, self.scalars(result))
+        self.schedule.mark_done(labels)
+
+    def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
+        """All summaries on the current weights, from the first ``max_sequences`` sequences of ``batches``.
+
+        Usable on a checkpoint without a Trainer: ``cb.prepare(model)``, then ``cb.run(model, batches)`` under
+        ``torch.no_grad()`` in eval mode (the edge response needs the Trainer's UpdateRecorder and GramSpectrum).
+        """
+        who = "FourierAttentionCallback"
+        names = list(dict.fromkeys([*self.modules.values(), *[self.response_module] * (self.response_module is not None)]))
+        reps: dict[str, list[Tensor]] = {name: [] for name in names}
+        probs: dict[str, list[Tensor]] = {alias: [] for alias in self._attention}
+        targets: list[dict[str, ProbeTarget]] = []
+        used: list[tuple[Any, int]] = []
+        remaining = self.max_sequences
+        for batch in batches:
+            with captured_outputs(pl_module, names, who) as out, \
+                    captured_attention(pl_module, list(self._attention.values()), who) as att:
+                pl_module.labelled_logits(batch)
+            out, att = run_once(out, who), run_once(att, who)
+            rows = next(iter([*out.values(), *att.values()])).shape[0]
+            keep = rows if remaining is None else min(rows, remaining)
+            for name in names:
+                reps[name].append(out[name][:keep].cpu())
+            for alias, name in self._attention.items():
+                probs[alias].append(att[name][:keep].cpu())
+            if self.mask_target is not None or self.response_target is not None:
+                targets.append({name: ProbeTarget(t.values[:keep].cpu(), t.mask[:keep].cpu(), t.categorical,
+                                                  t.groups[:keep].cpu()) for name, t in pl_module.probe_targets(batch).items()})
+            used.append((batch, keep))
+            if remaining is not None:
+                remaining -= keep
+                if remaining == 0:
+                    break
+        masks = [t[self.mask_target].mask for t in targets] if self.mask_target is not None else []
+        result: dict[str, Any] = {"fourier": {}, "attention": {}}
+        for alias, name in self.modules.items():
+            r = cat_batches(reps[name], alias)  # [N, T, D]
+            mask = self._mask(masks, r.shape, alias)
+            centred = positional_power(r, mask, centre=True)
+            entry = {"power": centred.tolist(), **vars(summarize_spectrum(centred, include_dc=False))}
+            if self.reference_variant:
+                raw = positional_power(r, mask, centre=False)
+                entry["ref_power"] = raw.tolist()
+                entry.update({f"ref_{k}": v for k, v in vars(summarize_spectrum(raw, include_dc=True)).items()})
+            result["fourier"][alias] = entry
+        for alias, chunks in probs.items():
+            p = cat_batches(chunks, alias)  # [N, H, T, S]
+            mask = self._mask(masks, p.shape[:1] + p.shape[2:3], alias)
+            result["attention"][alias] = self._attention_summary(p, mask)
+        if self.response_module is not None:
+            base = reps[self.response_module]
+            result["edge"] = self._edge_response(pl_module, used, base, [t[self.response_target] for t in targets])
+        return result
+
+    def _mask(self, masks: list[Tensor], shape: torch.Size, alias: str) -> Tensor:
+        if self.mask_target is None:
+            return torch.ones(tuple(shape[:2]), dtype=torch.bool)
+        mask = torch.cat(masks)
+        check_aligned(mask, shape, alias, self.mask_target)
+        return mask
+
+    def _attention_summary(self, p: Tensor, mask: Tensor) -> dict[str, Any]:
+        causal = is_causal_pattern(p)
+        pattern = mean_pattern(p, mask)  # [H, T, S]
+        heads = {
+            "entropy": head_entropy(p, mask).tolist(),
+            "entropy_all": head_entropy(p, None).tolist(),
+            "kl_uniform": kl_to_uniform(pattern, causal).tolist(),
+            "local": local_score(pattern).tolist(),
+            "recent": recent_score(pattern).tolist(),
+        }
+        return {"causal": causal, "uniform_entropy": uniform_causal_entropy(p.shape[-2]) if causal else math.log(p.shape[-1]),
+                "pattern_power": pattern_power(pattern).tolist(), **heads}
+
+    def _edge_response(self, pl_module: pl.LightningModule, used: list[tuple[Any, int]], base: list[Tensor],
+                       targets: list[ProbeTarget]) -> dict[str, Any]:
+        """Per direction: f_k per token, grouped by the response target (§10.4), and the Δh → target probe (§6.4)."""
+        who = "FourierAttentionCallback"
+        params = self._recorder.selection.params
+        theta = self._recorder.flat_params().double()  # [P]
+        eps = self.eps_scale * float(theta.norm())
+        mask = [t.mask.bool() for t in targets]
+        values = torch.cat([t.values[m] for t, m in zip(targets, mask)])  # [n]
+        groups = torch.cat([t.groups[:, None].expand_as(m)[m] for t, m in zip(targets, mask)])
+        categorical = targets[0].categorical
+        edge: dict[str, Any] = {"eps": eps}
+        for k in self.directions:
+            try:
+                v = self._spectrum.directions([k])[0].to(theta)  # [P]
+            except DirectionUnavailable as err:
+                edge[f"v{k}"] = {"available": False, "reason": str(err)}
+                continue
+            deltas = []
+            with perturbed(params, split_like(theta + eps * v, params)):
+                for (batch, keep), h0, m in zip(used, base, mask):
+                    with captured_outputs(pl_module, [self.response_module], who) as out:
+                        pl_module.labelled_logits(batch)
+                    h = run_once(out, who)[self.response_module][:keep].cpu()
+                    deltas.append((h.double() - h0.double())[m])  # [n_b, D]
+            delta = torch.cat(deltas)  # [n, D]
+            f = delta.square().sum(-1)  # [n]
+            spec = grouped_spectrum(f, values)
+            func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
+            edge[f"v{k}"] = {"available": True, "levels": spec.levels, "power": spec.power.tolist(),
+                             "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
+                             "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
+        return edge
+
+    def scalars(self, result: dict[str, Any]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for alias, e in result["fourier"].items():
+            for key in ("top1", "top3", "top5", "omega_star", "dc_share"):
+                out[f"fourier/{alias}/{key}"] = float(e[key])
+            if self.reference_variant:
+                for key in ("top1", "top3", "omega_star"):
+                    out[f"fourier/{alias}/ref_{key}"] = float(e[f"ref_{key}"])
+        for alias, a in result["attention"].items():
+            for key in ("entropy", "kl_uniform", "local", "recent"):
+                for h, value in enumerate(a[key]):
+                    out[f"attention/{alias}/head{h}/{key}"] = float(value)
+            out[f"attention/{alias}/entropy_mean"] = float(np.mean(a["entropy"]))
+            if self.mask_target is not None:
+                out[f"attention/{alias}/entropy_all"] = float(np.mean(a["entropy_all"]))
+        for name, e in result.get("edge", {}).items():
+            if name != "eps" and e["available"]:
+                for key in ("F", "omega_star", "elevation"):
+                    out[f"fourier_edge/{name}/{key}"] = float(e[key])
+                metric = next(key for key in e if key.startswith("func_"))
+                out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
+        return out
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            write_json(trainer, self.json_path, json_name(trainer, self, "fourier_attention"), {"results": self.results})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.results = state_dict["results"]

@@ -1,0 +1,107 @@
+"""Two gloo CPU processes: DDP (replicated θ) and a parameter vector sharded in halves give the
+single-process rows, spectra and grad% — the sharded case through one all-reduce of w×w products."""
+import os
+import socket
+from types import SimpleNamespace
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, make_loader
+from oracle import single_thread  # noqa: F401 (autouse fixture)
+
+STEPS, FULL = 6, 40
+
+
+def _ddp_run(model, x, y, log_zero=True):
+    """AdamW steps on TinyAttention; returns (step → merged metrics, logger, recorder names)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=0.02, weight_decay=0.5)
+    rec = UpdateRecorder(window=3)
+    analyses = (GramSpectrum(top_k=3), EdgeDecomposer(top_k=3))
+    rec.attach(model, [opt])
+    for a in analyses:
+        a.bind(rec)
+    logger = MemoryLogger()
+    trainer = SimpleNamespace(is_global_zero=log_zero, loggers=[logger])
+    results = {}
+    for _ in range(STEPS):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        for a in analyses:
+            for step, metrics in a.publish(trainer):
+                results.setdefault(step, {}).update(metrics)
+    return results, logger, rec.selection.names
+
+
+def _sharded_run(lo, hi, sharded):
+    """AdamW on the slice [lo, hi) of a FULL-vector quadratic with fixed noise (separable, so slices
+    evolve exactly as in the full vector). Returns (step → metrics, v_1..v_3 on the slice)."""
+    g = torch.Generator().manual_seed(1)
+    theta0, target, *noise = torch.randn(2 + STEPS, FULL, generator=g, dtype=torch.float64)
+    scale = torch.linspace(0.5, 2.0, FULL, dtype=torch.float64)
+    holder = nn.Module()
+    holder.vec = nn.Parameter(theta0[lo:hi].clone())
+    opt = torch.optim.AdamW(holder.parameters(), lr=0.05, weight_decay=0.3)
+    rec = UpdateRecorder(params="all", window=3, sharded=sharded)
+    spectrum, decomposer = GramSpectrum(top_k=3), EdgeDecomposer(top_k=3)
+    rec.attach(holder, [opt])
+    spectrum.bind(rec)
+    decomposer.bind(rec)
+    results = {}
+    for s in range(STEPS):
+        holder.vec.grad = ((holder.vec.detach() - target[lo:hi]) * scale[lo:hi] + noise[s][lo:hi]).clone()
+        opt.step()
+        for a in (spectrum, decomposer):
+            for step, metrics in a.publish():
+                results.setdefault(step, {}).update(metrics)
+    return results, spectrum.directions([1, 2, 3])
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x, y = next(iter(make_loader(16, 16)))
+    ddp = DistributedDataParallel(TinyAttention(ADAMW))
+    ddp_results, logger, names = _ddp_run(ddp, x[rank::world], y[rank::world], log_zero=rank == 0)
+    half = FULL // world
+    sharded_results, v = _sharded_run(rank * half, (rank + 1) * half, sharded=True)
+    torch.save(
+        {"ddp": ddp_results, "logged": logger.by_step, "names": names, "sharded": sharded_results, "v": v},
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_and_sharded_match_single_process(tmp_path):
+    # fork: the children inherit the imported modules (spawning would re-import lightning, ~10 s each)
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+
+    torch.manual_seed(0)
+    x, y = next(iter(make_loader(16, 16)))
+    single, _, names = _ddp_run(TinyAttention(ADAMW), torch.cat([x[0::2], x[1::2]]), torch.cat([y[0::2], y[1::2]]))
+    assert "edge/grad_frac_v3" in single[STEPS] and len(single) == STEPS
+    for r in ranks:
+        assert r["names"] == names  # DDP's "module." prefix is normalized away
+        assert_metrics_close(r["ddp"], single, rtol=1e-9, atol=1e-13)
+    assert ranks[0]["logged"] == ranks[0]["ddp"] and ranks[1]["logged"] == {}  # only rank zero logs
+
+    unsharded, v_full = _sharded_run(0, FULL, sharded=False)
+    assert "edge/rotation_span12_deg" in unsharded[STEPS]
+    for r in ranks:
+        assert_metrics_close(r["sharded"], unsharded, rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(torch.cat([ranks[0]["v"], ranks[1]["v"]], dim=1), v_full, rtol=1e-8, atol=1e-12)

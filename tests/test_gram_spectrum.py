@@ -1,0 +1,117 @@
+"""GramSpectrum against the brute force of tests/oracle.py, and its public API for other callbacks."""
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from callbacks import DirectionUnavailable, EdgeDecomposer, GramSpectrum, UpdateRecorder
+from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, brute_for_run, make_loader, run_fit
+from oracle import single_thread  # noqa: F401 (autouse fixture)
+
+TWO_GROUPS_STEPLR = {
+    "cls": torch.optim.AdamW,
+    "kwargs": {"lr": 0.02, "weight_decay": 0.5},
+    "group_a": {"lr": 0.01, "weight_decay": 1.0},
+    "step_lr": 7,
+}
+
+
+@pytest.mark.parametrize(
+    "optim,interval,manual_steps",
+    [(TWO_GROUPS_STEPLR, 1, 0), (ADAMW, 3, 0), (TWO_GROUPS_STEPLR, 1, 2)],
+    ids=["interval1-two-groups-steplr", "interval3", "manual-2-steps-per-batch"],
+)
+def test_matches_brute_force(tmp_path, optim, interval, manual_steps):
+    rec = UpdateRecorder(interval=interval, window=5)
+    analyses = (GramSpectrum(top_k=5), EdgeDecomposer(top_k=5))
+    model, snaps, log = run_fit(tmp_path, rec, optim, steps=24, analyses=analyses, manual_steps=manual_steps)
+    assert rec.rows_done == 24 // interval
+    assert_metrics_close(log.by_step, brute_for_run(model, snaps, "adamw", interval, 5, 5))
+
+
+class DirectionProbe(Callback):
+    """Placed before GramSpectrum: asks for the directions before GramSpectrum's own hook has run."""
+
+    def __init__(self) -> None:
+        self.checked = []
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        spectrum, recorder = GramSpectrum.find(trainer), UpdateRecorder.find(trainer)
+        if spectrum.window_size == 0:
+            with pytest.raises(DirectionUnavailable, match="window has"):
+                spectrum.directions([1])
+            return
+        x = recorder.window_rows()[0]
+        w = x.shape[0]
+        assert spectrum.window_size == w == min(3, recorder.rows_done)
+        assert spectrum.last_step == trainer.global_step
+        _, s, vt = torch.linalg.svd(x, full_matrices=False)
+        torch.testing.assert_close(spectrum.sigma, s.double(), rtol=1e-8, atol=1e-12)
+        v = spectrum.directions(list(range(1, w + 1)))
+        assert v.shape == (w, recorder.selection.numel) and v.dtype == torch.float64
+        torch.testing.assert_close((v @ vt.T).abs(), torch.eye(w, dtype=v.dtype), rtol=0, atol=1e-8)
+        assert bool(((x @ v.T).sum(0) >= 0).all())  # each v_k points along the window's net motion
+        with pytest.raises(DirectionUnavailable, match=f"v_{w + 1} is unavailable"):
+            spectrum.directions([w + 1])
+        self.checked.append(trainer.global_step)
+
+
+def test_directions_are_current_whatever_the_callback_order(tmp_path):
+    probe = DirectionProbe()
+    run_fit(tmp_path, UpdateRecorder(window=3), steps=6, extra=(probe,), analyses=(GramSpectrum(top_k=3),))
+    assert probe.checked == [2, 3, 4, 5, 6]
+
+
+def test_zero_sigma_has_no_direction(tmp_path):
+    frozen = {"cls": torch.optim.AdamW, "kwargs": {"lr": 0.0, "weight_decay": 0.5}}  # every update is exactly 0
+    spectrum = GramSpectrum(top_k=2)
+    run_fit(tmp_path, UpdateRecorder(window=2), frozen, steps=3, analyses=(spectrum,))
+    assert spectrum.sigma.tolist() == [0.0, 0.0]
+    with pytest.raises(DirectionUnavailable, match="σ_1 = 0"):
+        spectrum.directions([1])
+    assert spectrum.latest["edge/k_star"] == 1.0 and spectrum.latest["edge/gap_ratio"] == 1.0
+
+
+def test_find_and_configuration_errors(tmp_path):
+    with pytest.raises(ValueError, match="no GramSpectrum in trainer.callbacks"):
+        GramSpectrum.find(SimpleNamespace(callbacks=[UpdateRecorder()]))
+    with pytest.raises(ValueError, match="top_k must be an integer >= 1"):
+        GramSpectrum(top_k=0)
+    with pytest.raises(ValueError, match=r"GramSpectrum\(top_k=6\) exceeds UpdateRecorder\(window=5\)"):
+        run_fit(tmp_path, UpdateRecorder(window=5), steps=1, analyses=(GramSpectrum(top_k=6),))
+
+
+def test_logs_only_on_rank_zero():
+    spectrum, log = GramSpectrum(top_k=2), MemoryLogger()
+    spectrum._unpublished = [(5, {"edge/g23": 1.0})]
+    assert spectrum.publish(SimpleNamespace(is_global_zero=False, loggers=[log])) == [(5, {"edge/g23": 1.0})]
+    assert log.by_step == {}
+    spectrum._unpublished = [(6, {"edge/g23": 2.0})]
+    spectrum.publish(SimpleNamespace(is_global_zero=True, loggers=[log]))
+    assert log.by_step == {6: {"edge/g23": 2.0}}
+
+
+def test_tensorboard_layout_groups_sigma_and_grad_frac(tmp_path, monkeypatch):
+    logger = TensorBoardLogger(str(tmp_path))
+    layouts = []
+    monkeypatch.setattr(logger.experiment, "add_custom_scalars", layouts.append)
+    trainer = pl.Trainer(
+        default_root_dir=str(tmp_path),
+        max_steps=3,
+        logger=logger,
+        callbacks=[UpdateRecorder(window=3), GramSpectrum(top_k=2), EdgeDecomposer(top_k=3)],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(TinyAttention(ADAMW), make_loader(16, 8))
+    assert layouts == [
+        {
+            "spectral edge": {
+                "sigma_k": ["Multiline", ["edge/sigma_1", "edge/sigma_2"]],
+                "grad_frac_vk": ["Multiline", ["edge/grad_frac_v1", "edge/grad_frac_v2", "edge/grad_frac_v3"]],
+            }
+        }
+    ]

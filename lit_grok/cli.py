@@ -1,4 +1,4 @@
-"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export``.
+"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export`` and ``report``.
 
 A configuration mistake caught by lit-grok's own validation is reported as one line naming the fix;
 any other failure keeps its full traceback.
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> None:
             from lit_grok.data.scan import scan_export_main
 
             scan_export_main(args[1:])
+            return
+        if args and args[0] == "report":
+            from lit_grok.report import report_main
+
+            report_main(args[1:])
             return
         LightningCLI(
             pl.LightningModule,

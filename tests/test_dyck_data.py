@@ -66,3 +66,16 @@ def test_validation_order_is_test_then_train():
     test_loader, train_loader = dm.val_dataloader()
     assert torch.equal(torch.cat([b[0] for b in test_loader]), dm.x_test)
     assert torch.equal(torch.cat([b[0] for b in train_loader]), dm.x_train)
+
+
+def test_evaluation_leaves_the_global_rng_untouched():
+    # A DataLoader iterator draws a base seed from the global RNG unless it owns a generator;
+    # validation every 100 steps would then shift the reference trajectory.
+    dm = DyckDataModule()
+    torch.manual_seed(0)
+    for loader in dm.val_dataloader() + [dm.test_dataloader()]:
+        for _ in loader:
+            pass
+    after = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(1))

@@ -10,9 +10,9 @@ import random
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import random_batch_loader
+from lit_grok.data.sampling import eval_loader, random_batch_loader
 
 OPEN, CLOSE, PAD = 0, 1, 2
 VOCAB_SIZE = 3
@@ -108,11 +108,9 @@ class DyckDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return random_batch_loader((self.x_train, self.y_train), self.hparams.batch_size)
 
-    def _eval_loader(self, x: Tensor, y: Tensor) -> DataLoader:
-        return DataLoader(TensorDataset(x, y), batch_size=self.hparams.eval_batch_size, shuffle=False)
-
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._eval_loader(self.x_test, self.y_test), self._eval_loader(self.x_train, self.y_train)]
+        size = self.hparams.eval_batch_size
+        return [eval_loader((self.x_test, self.y_test), size), eval_loader((self.x_train, self.y_train), size)]
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.x_test, self.y_test)
+        return eval_loader((self.x_test, self.y_test), self.hparams.eval_batch_size)

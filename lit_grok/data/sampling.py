@@ -1,7 +1,9 @@
 """Reference-compatible training batches: B indices drawn with replacement from the global torch RNG.
 
 The reference loop draws ``torch.randint(0, N, (B,))`` once per optimizer step and nothing else from
-the global generator, so a seeded run follows the published trajectory step for step.
+the global generator, so a seeded run follows the published trajectory step for step. Every loader
+here owns a private generator: a DataLoader iterator otherwise draws its base seed from the global
+RNG each time it starts (each validation run), which would shift the trajectory.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 
 class RandomBatches(IterableDataset):
@@ -29,6 +31,14 @@ class RandomBatches(IterableDataset):
 
 
 def random_batch_loader(tensors: Sequence[Tensor], batch_size: int) -> DataLoader:
-    # A private generator: the DataLoader iterator draws its base seed from it, not from the
-    # global RNG, which would shift the reference trajectory by one draw per epoch.
     return DataLoader(RandomBatches(tensors, batch_size), batch_size=None, generator=torch.Generator())
+
+
+def eval_loader(tensors: Sequence[Tensor], batch_size: int) -> DataLoader:
+    """Fixed-order batches of ``tensors`` (as a tuple per batch) that leave the global RNG untouched."""
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=False, collate_fn=stack_batch,
+                      generator=torch.Generator())
+
+
+def stack_batch(items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
+    return tuple(torch.stack(column) for column in zip(*items))

@@ -13,9 +13,9 @@ from typing import Iterable, Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import random_batch_loader
+from lit_grok.data.sampling import eval_loader, random_batch_loader
 from lit_grok.data.scan_grammar import SPLITS, Pair, make_split
 
 PAD, SOS, EOS = 0, 1, 2
@@ -106,10 +106,6 @@ def build_vocab(sequences: Iterable[str]) -> list[str]:
     """id -> token: PAD, SOS, EOS, then every token in order of first appearance."""
     tokens = (token for sequence in sequences for token in sequence.split())
     return list(dict.fromkeys([*SPECIAL_TOKENS, *tokens]))
-
-
-def _stack(items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    return tuple(torch.stack(column) for column in zip(*items))
 
 
 class ScanDataModule(L.LightningDataModule):
@@ -203,16 +199,12 @@ class ScanDataModule(L.LightningDataModule):
         n = len(pairs)
         return (torch.tensor(src).view(n, S), torch.tensor(tgt_in).view(n, T), torch.tensor(tgt_out).view(n, T))
 
-    def _eval_loader(self, tensors: tuple[Tensor, ...]) -> DataLoader:
-        dataset = TensorDataset(*tensors)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=_stack)
-
     def train_dataloader(self) -> DataLoader:
         return random_batch_loader(self.train_data, self.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         """[test-eval subset, training subset]: dataloader_idx 0 is the test metric that defines grokking."""
-        return [self._eval_loader(self.test_eval_data), self._eval_loader(self.train_data)]
+        return [eval_loader(self.test_eval_data, self.eval_batch_size), eval_loader(self.train_data, self.eval_batch_size)]
 
     def test_dataloader(self) -> DataLoader:
-        return self._eval_loader(self.test_data)
+        return eval_loader(self.test_data, self.eval_batch_size)

@@ -1,0 +1,97 @@
+"""``lit-grok report RUN_DIR``: the numbers and pictures of a run, read back from its TensorBoard events.
+
+Prints the grok step and the spectral-edge scalars at chosen steps, and draws the lifecycle figure
+(task accuracy, σ_k, grad% along v_k, |cos(θ, v_k)|) with the grok step marked.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+PANELS = (
+    ("task accuracy", ("val/acc", "val/seq_acc", "val/greedy_acc", "train_eval/acc")),
+    ("σ_k of the update window", tuple(f"edge/sigma_{k}" for k in range(1, 6))),
+    ("gradient share of the update along v_k (grad%)", tuple(f"edge/grad_frac_v{k}" for k in range(1, 6))),
+    ("|cos(θ, v_k)|", tuple(f"edge/cos_theta_v{k}" for k in range(1, 6))),
+)
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tag -> (steps [n], values [n]) for every scalar under ``run_dir`` (all event files merged)."""
+    if not any(Path(run_dir).rglob("events.out.tfevents.*")):
+        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}; pass a run folder such as logs/dyck/version_0")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+    return out
+
+
+def value_at(scalars: dict, tag: str, step: int) -> float:
+    """The value logged for ``tag`` after optimizer step ``step`` (NaN if none).
+
+    Lightning writes validation metrics at step − 1 (its count of batches before the one just
+    stepped), callbacks at the optimizer step itself; both describe the weights after ``step``.
+    """
+    if tag not in scalars:
+        return math.nan
+    steps, values = scalars[tag]
+    for s in (step, step - 1):
+        hit = np.nonzero(steps == s)[0]
+        if hit.size:
+            return float(values[hit[-1]])
+    return math.nan
+
+
+def summary(scalars: dict, steps: list[int], tags: list[str]) -> str:
+    grok = scalars.get("grok/step")
+    lines = [f"grok step: {int(grok[1][0]) if grok else 'not reached'}"]
+    lines.append("step".rjust(8) + "".join(t.rjust(24) for t in tags))
+    for s in steps:
+        lines.append(str(s).rjust(8) + "".join(f"{value_at(scalars, t, s):24.4f}" for t in tags))
+    return "\n".join(lines)
+
+
+def lifecycle_figure(scalars: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(PANELS), 1, figsize=(8, 2.6 * len(PANELS)), sharex=True)
+    grok = scalars.get("grok/step")
+    for ax, (title, tags) in zip(axes, PANELS):
+        for tag in tags:
+            if tag in scalars:
+                ax.plot(*scalars[tag], label=tag.split("/")[-1], lw=1.2)
+        if grok:
+            ax.axvline(grok[1][0], color="k", ls="--", lw=0.8)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, ncol=5, loc="best")
+    axes[1].set_yscale("log")
+    axes[-1].set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lit-grok report", description=__doc__)
+    parser.add_argument("run_dir", help="a run folder, e.g. logs/dyck/version_0")
+    parser.add_argument("--steps", type=int, nargs="+", default=[300, 600, 1500, 4000], help="steps to tabulate")
+    parser.add_argument(
+        "--tags", nargs="+", default=["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
+    )
+    parser.add_argument("--figure", default=None, help="PNG path (default: RUN_DIR/lifecycle.png)")
+    args = parser.parse_args(argv)
+    scalars = read_scalars(args.run_dir)
+    print(summary(scalars, args.steps, args.tags))
+    figure = lifecycle_figure(scalars, Path(args.figure or Path(args.run_dir) / "lifecycle.png"))
+    print(f"figure: {figure}")

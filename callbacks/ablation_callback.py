@@ -10,8 +10,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from callbacks.ablation import (
@@ -27,7 +25,7 @@ from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, pertu
 from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
 from callbacks.perturbation import split_like
 from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import RunSchedule
+from callbacks.schedule import ScheduledCallback
 from callbacks.update_recorder import UpdateRecorder
 
 CONTROLS = ("random", "random_norm", "radial", "theta_hat")
@@ -60,7 +58,7 @@ def unavailable(reason: str, **extra: Any) -> dict[str, Any]:
             "delta_loss": nan, "delta_acc": nan, "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
 
 
-class AblationCallback(Callback):
+class AblationCallback(ScheduledCallback):
     """At scheduled steps, ablate θ' = θ − Σ_{k∈S} ⟨θ, v_k⟩ v_k for each named set S and compare with controls.
 
     θ is the ``UpdateRecorder`` selection and v_k the ``GramSpectrum`` directions of the window ending at the
@@ -115,7 +113,7 @@ class AblationCallback(Callback):
             raise ValueError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"AblationCallback: max_batches must be >= 1 or None, got {max_batches}")
-        self.schedule = RunSchedule(steps, after_grok)
+        super().__init__(steps, after_grok)
         self.matched_set = matched_set
         self.n_trials = n_trials
         self.seed = seed
@@ -123,7 +121,6 @@ class AblationCallback(Callback):
         self.dataloader_idx = dataloader_idx
         self.max_batches = max_batches
         self.json_path = json_path
-        self.results: list[dict[str, Any]] = []
         self._batches: list[Any] | None = None
 
     @property
@@ -135,32 +132,13 @@ class AblationCallback(Callback):
         self._recorder = UpdateRecorder.find(trainer)
         self._spectrum = GramSpectrum.find(trainer)
         self._batches = None
-        self.schedule.start(trainer)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_run(trainer, pl_module)  # grokking seen by the validation after the last step
-        self.schedule.finish()
-
-    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = self.schedule.due(trainer)
-        if not labels:
-            return
-        if trainer.is_global_zero and self.results and self.results[-1]["step"] == trainer.global_step:
-            self.results[-1]["labels"] += labels  # e.g. "step_600" then "grok+0" on the same weights: measured once
-        elif trainer.is_global_zero:
-            if self._batches is None:
-                self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
-            result = self.run(pl_module, self._batches)
-            result.update(step=trainer.global_step, labels=labels)
-            self.results.append(result)
-            log_scalars(trainer, self.scalars(result))
-        self.schedule.mark_done(labels)
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        if self._batches is None:
+            self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
+        result = self.run(pl_module, self._batches)
+        log_scalars(trainer, self.scalars(result))
+        return [result]
 
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Ablate every set and control on the current weights; parameters are restored bit-exactly."""
@@ -273,10 +251,3 @@ class AblationCallback(Callback):
             payload = {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence,
                        "results": self.results}
             write_json(trainer, self.json_path, "ablation.json", payload)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict["schedule"])
-        self.results = state_dict["results"]

@@ -12,7 +12,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from callbacks.attention import (
@@ -28,7 +27,7 @@ from callbacks.probe_callback import json_name, module_aliases, require_target, 
 from callbacks.probes import run_probes
 from callbacks.protocols import ProbeableModule, ProbeTarget
 from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import RunSchedule
+from callbacks.schedule import ScheduledCallback
 from callbacks.update_recorder import UpdateRecorder
 
 
@@ -49,7 +48,7 @@ def cat_batches(chunks: list[Tensor], alias: str) -> Tensor:
     return torch.cat(chunks)
 
 
-class FourierAttentionCallback(Callback):
+class FourierAttentionCallback(ScheduledCallback):
     """Positional DFT of ``modules`` outputs and per-head summaries of ``attention`` probabilities, at scheduled steps.
 
     Logs ``fourier/{alias}/{top1,top3,top5,omega_star,dc_share}`` (centred, DC apart) and, with
@@ -110,7 +109,7 @@ class FourierAttentionCallback(Callback):
         if not self.modules and self.attention == {} and response_module is None:
             raise ValueError("FourierAttentionCallback has nothing to do: give modules, attention (None: all) or response_module")
         self.mask_target = mask_target
-        self.schedule = RunSchedule(steps, after_grok)
+        super().__init__(steps, after_grok)
         self.dataloader_idx = dataloader_idx
         self.max_sequences = max_sequences
         self.reference_variant = reference_variant
@@ -120,7 +119,6 @@ class FourierAttentionCallback(Callback):
         self.eps_scale = eps_scale
         self.seed = seed
         self.json_path = json_path
-        self.results: list[dict[str, Any]] = []
 
     @property
     def state_key(self) -> str:
@@ -148,26 +146,11 @@ class FourierAttentionCallback(Callback):
             self._recorder = UpdateRecorder.find(trainer)
             self._spectrum = GramSpectrum.find(trainer)
 
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.start(trainer)  # here, not in on_fit_start: a resume has restored global_step by now
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = self.schedule.due(trainer)
-        if not labels:
-            return
-        if trainer.is_global_zero:
-            with eval_mode(pl_module), torch.no_grad():
-                result = self.run(pl_module, evaluation_batches(trainer, pl_module, self.dataloader_idx))
-            result.update(step=trainer.global_step, labels=labels)
-            self.results.append(result)
-            log_scalars(trainer, self.scalars(result))
-        self.schedule.mark_done(labels)
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        with eval_mode(pl_module), torch.no_grad():
+            result = self.run(pl_module, evaluation_batches(trainer, pl_module, self.dataloader_idx))
+        log_scalars(trainer, self.scalars(result))
+        return [result]
 
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """All summaries on the current weights, from the first ``max_sequences`` sequences of ``batches``.
@@ -302,10 +285,3 @@ class FourierAttentionCallback(Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             write_json(trainer, self.json_path, json_name(trainer, self, "fourier_attention"), {"results": self.results})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict["schedule"])
-        self.results = state_dict["results"]

@@ -12,7 +12,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -22,7 +21,7 @@ from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, pertu
 from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
 from callbacks.perturbation import check_eps_grid, hessian_quadratic_forms, kl_divergence, second_difference, split_like
 from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import RunSchedule
+from callbacks.schedule import ScheduledCallback
 from callbacks.update_recorder import UpdateRecorder
 
 REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (§6.1)
@@ -45,7 +44,7 @@ def exact_curvatures(pl_module: pl.LightningModule, batches: list[Any], params: 
     return total.tolist()
 
 
-class PerturbationCallback(Callback):
+class PerturbationCallback(ScheduledCallback):
     """At scheduled steps, evaluate θ + ε·d on a grid of ε for Gram directions v_k and random unit directions.
 
     Per direction: loss, accuracy and mean KL(p‖p_ε) over labelled tokens at every ε (exact log-softmax
@@ -92,7 +91,7 @@ class PerturbationCallback(Callback):
             raise ValueError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
         if max_batches is not None and max_batches < 1:
             raise ValueError(f"PerturbationCallback: max_batches must be >= 1 or None, got {max_batches}")
-        self.schedule = RunSchedule(steps, after_grok)
+        super().__init__(steps, after_grok)
         self.n_random = n_random
         self.seed = seed
         self.eps = check_eps_grid(REFERENCE_EPS if eps is None else eps)
@@ -102,7 +101,6 @@ class PerturbationCallback(Callback):
         self.dataloader_idx = dataloader_idx
         self.max_batches = max_batches
         self.json_path = json_path
-        self.results: list[dict[str, Any]] = []
         self._batches: list[Any] | None = None
 
     @property
@@ -114,32 +112,13 @@ class PerturbationCallback(Callback):
         self._recorder = UpdateRecorder.find(trainer)
         self._spectrum = GramSpectrum.find(trainer)
         self._batches = None
-        self.schedule.start(trainer)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_run(trainer, pl_module)  # grokking seen by the validation after the last step
-        self.schedule.finish()
-
-    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = self.schedule.due(trainer)
-        if not labels:
-            return
-        if trainer.is_global_zero and self.results and self.results[-1]["step"] == trainer.global_step:
-            self.results[-1]["labels"] += labels  # e.g. "step_600" then "grok+0" on the same weights: measured once
-        elif trainer.is_global_zero:
-            if self._batches is None:
-                self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
-            result = self.run(pl_module, self._batches)
-            result.update(step=trainer.global_step, labels=labels)
-            self.results.append(result)
-            log_scalars(trainer, self.scalars(result))
-        self.schedule.mark_done(labels)
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        if self._batches is None:
+            self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
+        result = self.run(pl_module, self._batches)
+        log_scalars(trainer, self.scalars(result))
+        return [result]
 
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Curves and curvatures on the current weights; parameters are restored bit-exactly after each."""
@@ -225,10 +204,3 @@ class PerturbationCallback(Callback):
             payload = {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
                        "eps_mode": self.eps_mode, "fd_scale": self.fd_scale, "results": self.results}
             write_json(trainer, self.json_path, "perturbation.json", payload)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict["schedule"])
-        self.results = state_dict["results"]

@@ -17,7 +17,7 @@ from callbacks.hidden_states import captured_outputs, resolve_modules
 from callbacks.probes import PROBE_KINDS, run_probes, token_samples
 from callbacks.protocols import ProbeableModule, ProbeTarget
 from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import RunSchedule
+from callbacks.schedule import ScheduledCallback
 
 
 def module_aliases(modules: list[str] | dict[str, str], who: str, allow_empty: bool = False) -> dict[str, str]:
@@ -49,7 +49,7 @@ def json_name(trainer: pl.Trainer, callback: Callback, stem: str) -> str:
     return f"{stem}.json" if i == 0 else f"{stem}_{i}.json"
 
 
-class ProbeCallback(Callback):
+class ProbeCallback(ScheduledCallback):
     """Fit probes from the outputs of ``modules`` to the target ``target`` at scheduled steps; log held-out scores.
 
     Logs ``probe/{alias}/{probe}_r2`` (regression) or ``probe/{alias}/{probe}_acc`` (categorical target) at
@@ -104,7 +104,7 @@ class ProbeCallback(Callback):
             raise ValueError(f"ProbeCallback: ridge_alpha and quadratic_alpha must be > 0, got {ridge_alpha}, {quadratic_alpha}")
         self.target = target
         self.probes = tuple(probes)
-        self.schedule = RunSchedule(steps, after_grok)
+        super().__init__(steps, after_grok)
         self.dataloader_idx = dataloader_idx
         self.max_sequences = max_sequences
         self.max_tokens = max_tokens
@@ -113,7 +113,6 @@ class ProbeCallback(Callback):
         self.ridge_alpha = ridge_alpha
         self.quadratic_alpha = quadratic_alpha
         self.json_path = json_path
-        self.results: list[dict[str, Any]] = []
 
     @property
     def state_key(self) -> str:
@@ -126,23 +125,6 @@ class ProbeCallback(Callback):
         resolve_modules(pl_module, list(self.modules.values()), "ProbeCallback")
         batch = evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0]
         require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.schedule.start(trainer)  # here, not in on_fit_start: a resume has restored global_step by now
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._maybe_run(trainer, pl_module)
-
-    def _maybe_run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        labels = self.schedule.due(trainer)
-        if not labels:
-            return
-        if trainer.is_global_zero:
-            self._run(trainer, pl_module, labels)
-        self.schedule.mark_done(labels)
 
     def collect(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -173,26 +155,21 @@ class ProbeCallback(Callback):
         data = {alias: np.concatenate(x) for alias, x in feats.items()}
         return data, np.concatenate(values), np.concatenate(groups), bool(categorical)
 
-    def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: list[str]) -> None:
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        """One record per (module, probe) with its held-out score."""
         data, values, groups, categorical = self.collect(trainer, pl_module)
-        metrics = {}
+        metrics, records = {}, []
         for alias, features in data.items():
             for res in run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
                                   self.max_tokens, self.ridge_alpha, self.quadratic_alpha):
                 metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value
-                self.results.append({"step": trainer.global_step, "labels": labels, "module": alias, "probe": res.kind,
-                                     "metric": res.metric, "value": res.value, "n_train": res.n_train, "n_test": res.n_test})
+                records.append({"module": alias, "probe": res.kind, "metric": res.metric, "value": res.value,
+                                "n_train": res.n_train, "n_test": res.n_test})
         log_scalars(trainer, metrics)
+        return records
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         payload = {"target": self.target, "modules": self.modules, "results": self.results}
         write_json(trainer, self.json_path, json_name(trainer, self, f"probes_{self.target}"), payload)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"schedule": self.schedule.state_dict(), "results": self.results}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict["schedule"])
-        self.results = state_dict["results"]

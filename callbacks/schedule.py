@@ -1,23 +1,27 @@
 """When an analysis callback runs: at fixed optimizer steps and/or at offsets after the measured grok step.
 
-API (small and stable; shared by the analysis callbacks):
+``ScheduledCallback`` wires a ``RunSchedule`` into the Lightning hooks once; an analysis callback subclasses it
+and implements ``measure``. The schedule on its own (small and stable):
     schedule = RunSchedule(steps=[200, 500], after_grok=[0, 800])
-    schedule.start(trainer)          # in on_fit_start: rejects steps in the past, finds the GrokDetector if needed
+    schedule.attach(trainer)         # in setup: finds the GrokDetector if grok offsets need one (fails early)
+    schedule.start(trainer)          # in on_train_start: rejects steps in the past (attaches too)
     labels = schedule.due(trainer)   # labels due at trainer.global_step, e.g. ["step_500"], ["grok+0"]; [] if none
     schedule.mark_done(labels)       # after the run succeeded; done labels are never due again
     schedule.finish()                # in on_train_end, after a last `due`: warns about labels that never ran
     schedule.state_dict() / schedule.load_state_dict(state)   # done labels survive a resume
 
 A label is due when ``trainer.global_step`` equals its target: the weights are those after that optimizer
-step. Call ``due`` from ``on_train_batch_end``, ``on_train_batch_start`` and ``on_train_end`` (the step-g
-weights are still in place there), so a "grok+0" found by the validation that follows step g, even the
-last step, still runs on step g.
+step. ``ScheduledCallback`` calls ``due`` from ``on_train_batch_end``, ``on_train_batch_start`` and
+``on_train_end`` (the step-g weights are still in place there), so a "grok+0" found by the validation that
+follows step g, even the last step, still runs on step g.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from callbacks.grok_detector import GrokDetector
@@ -48,14 +52,18 @@ class RunSchedule:
         self._detector: GrokDetector | None = None
         self._warned: set[str] = set()
 
+    def attach(self, trainer: pl.Trainer) -> None:
+        """Find the trainer's ``GrokDetector`` when there are grok offsets; raises if it has none."""
+        self._detector = GrokDetector.find(trainer) if self.after_grok else None
+
     def start(self, trainer: pl.Trainer) -> None:
-        """Validate against the trainer at fit start (after a resume has restored ``done`` and the grok step)."""
-        if self.after_grok:
-            self._detector = GrokDetector.find(trainer)
+        """Attach, then reject targets already passed; call once a resume has restored the step, ``done`` and the
+        grok step (``on_train_start``: Lightning restores ``global_step`` only after ``on_fit_start``)."""
+        self.attach(trainer)
         now = trainer.global_step
         past = [label for label, target in self._targets() if target < now and label not in self.done]
         if past:
-            raise ValueError(f"a schedule step in the past: {past} < global_step {now} at fit start; remove them")
+            raise ValueError(f"a schedule step in the past: {past} < global_step {now} at train start; remove them")
 
     def due(self, trainer: pl.Trainer) -> list[str]:
         """Labels whose target is ``trainer.global_step`` and that are not done yet."""
@@ -96,3 +104,61 @@ class RunSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = set(state["done"])
+
+
+class ScheduledCallback(Callback, ABC):
+    """A callback that measures the model at the targets of a ``RunSchedule``; subclasses implement ``measure``.
+
+    One measurement per step: labels that fall due later on the same step (``grok+0`` found by the validation
+    after ``step_g`` ran) join that step's records. ``results`` and the done labels survive a resume.
+
+    Args:
+        steps: optimizer steps after which to measure.
+        after_grok: offsets after the grok step (needs a ``GrokDetector``).
+    """
+
+    def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = ()) -> None:
+        self.schedule = RunSchedule(steps, after_grok)
+        self.results: list[dict[str, Any]] = []
+
+    @abstractmethod
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
+        """Measure the current weights (rank zero only), log, and return the records of this run; each record
+        gets ``step`` and ``labels`` added and is appended to ``results``."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.schedule.attach(trainer)  # a missing GrokDetector fails before training
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.schedule.start(trainer)  # not in on_fit_start: a resume restores global_step after it
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._run_due(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._run_due(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._run_due(trainer, pl_module)  # grokking seen by the validation after the last step
+        self.schedule.finish()
+
+    def _run_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        labels = self.schedule.due(trainer)
+        if not labels:
+            return
+        if trainer.is_global_zero:
+            now = trainer.global_step
+            same = [r for r in self.results if r["step"] == now]
+            for record in same:  # the weights were measured at this step already
+                record["labels"] = record["labels"] + labels
+            if not same:
+                self.results += [{**r, "step": now, "labels": list(labels)} for r in self.measure(trainer, pl_module)]
+        self.schedule.mark_done(labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"schedule": self.schedule.state_dict(), "results": self.results}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state_dict["schedule"])
+        self.results = state_dict["results"]

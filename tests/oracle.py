@@ -10,7 +10,6 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
-import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
@@ -22,14 +21,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 EMBED, SEQ, CLASSES = 8, 5, 3
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine run 10x faster on one thread (no spin-wait contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class TinyAttention(pl.LightningModule):

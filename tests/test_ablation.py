@@ -116,7 +116,7 @@ import lightning.pytorch as pl
 
 from callbacks.ablation_callback import AblationCallback
 from callbacks.evaluation import evaluation_batches
-from tiny_attention_model import one_thread, TinyAttention, evaluate_at, fit_tiny, flat, gram_directions
+from tiny_attention_model import TinyAttention, evaluate_at, fit_tiny, flat, gram_directions
 
 SETS = {"edge": [1, 2], "bulk": [3, 4], "v1": [1]}
 

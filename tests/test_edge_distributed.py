@@ -13,7 +13,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, make_loader
-from oracle import single_thread  # noqa: F401 (autouse fixture)
 
 STEPS, FULL = 6, 40
 

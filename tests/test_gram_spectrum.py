@@ -9,7 +9,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks import DirectionUnavailable, EdgeDecomposer, GramSpectrum, UpdateRecorder
 from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, brute_for_run, make_loader, run_fit
-from oracle import single_thread  # noqa: F401 (autouse fixture)
 
 TWO_GROUPS_STEPLR = {
     "cls": torch.optim.AdamW,

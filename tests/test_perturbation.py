@@ -93,7 +93,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from callbacks.evaluation import evaluation_batches
 from callbacks.perturbation_callback import PerturbationCallback
-from tiny_attention_model import one_thread, evaluate_at, fit_tiny, flat, gram_directions
+from tiny_attention_model import evaluate_at, fit_tiny, flat, gram_directions
 
 EPS = [-0.02, 0.0, 0.01, 0.02]
 

@@ -105,7 +105,7 @@ class Probe(pl.Callback):
     def __init__(self, schedule):
         self.schedule, self.fired, self.after_step = schedule, [], {}
 
-    def on_fit_start(self, trainer, pl_module):
+    def on_train_start(self, trainer, pl_module):
         self.schedule.start(trainer)
 
     def _check(self, trainer, pl_module, hook):

@@ -12,7 +12,6 @@ from callbacks import UpdateRecorder
 from callbacks.param_selection import normalize_name, select_parameters
 from oracle import ADAMW, TinyAttention, attention_names, clipped_grads, decay_per_step, flat, make_loader, rows_of
 from oracle import run_fit
-from oracle import single_thread  # noqa: F401 (autouse fixture)
 
 ATTN = ["attn_a.in_proj_weight", "attn_a.out_proj.weight", "attn_b.in_proj_weight", "attn_b.out_proj.weight"]
 

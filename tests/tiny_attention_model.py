@@ -3,21 +3,11 @@ import functools
 
 import lightning.pytorch as pl
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: one thread is ~50x faster than two fighting for a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class TinyAttention(pl.LightningModule):

@@ -21,12 +21,11 @@ from callbacks.ablation import (
     random_subspace,
     ratio_interval,
 )
-from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, perturbed, require_evaluable
-from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
+from callbacks.edge_test import EdgeTestCallback
+from callbacks.evaluation import Evaluation, evaluate, perturbed
+from callbacks.gram_spectrum import DirectionUnavailable
 from callbacks.perturbation import split_like
-from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import ScheduledCallback
-from callbacks.update_recorder import UpdateRecorder
+from callbacks.run_results import eval_mode
 
 CONTROLS = ("random", "random_norm", "radial", "theta_hat")
 NAN_INTERVAL = [math.nan, math.nan]
@@ -58,7 +57,7 @@ def unavailable(reason: str, **extra: Any) -> dict[str, Any]:
             "delta_loss": nan, "delta_acc": nan, "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
 
 
-class AblationCallback(ScheduledCallback):
+class AblationCallback(EdgeTestCallback):
     """At scheduled steps, ablate θ' = θ − Σ_{k∈S} ⟨θ, v_k⟩ v_k for each named set S and compare with controls.
 
     θ is the ``UpdateRecorder`` selection and v_k the ``GramSpectrum`` directions of the window ending at the
@@ -90,6 +89,8 @@ class AblationCallback(ScheduledCallback):
         json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``.
     """
 
+    json_name = "ablation.json"
+
     def __init__(
         self,
         steps: list[int] = [],
@@ -111,34 +112,15 @@ class AblationCallback(ScheduledCallback):
             raise ValueError(f"AblationCallback: n_trials must be an integer >= 1, got {n_trials!r}")
         if not 0 < confidence < 1:
             raise ValueError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"AblationCallback: max_batches must be >= 1 or None, got {max_batches}")
-        super().__init__(steps, after_grok)
+        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
         self.matched_set = matched_set
         self.n_trials = n_trials
         self.seed = seed
         self.confidence = confidence
-        self.dataloader_idx = dataloader_idx
-        self.max_batches = max_batches
-        self.json_path = json_path
-        self._batches: list[Any] | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(sets=self.sets, matched_set=self.matched_set)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        require_evaluable(pl_module, "AblationCallback")
-        self._recorder = UpdateRecorder.find(trainer)
-        self._spectrum = GramSpectrum.find(trainer)
-        self._batches = None
-
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        if self._batches is None:
-            self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
-        result = self.run(pl_module, self._batches)
-        log_scalars(trainer, self.scalars(result))
-        return [result]
 
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Ablate every set and control on the current weights; parameters are restored bit-exactly."""
@@ -246,8 +228,5 @@ class AblationCallback(ScheduledCallback):
             out[f"ablation/control_{kind}/ratio"] = r["ratio"]
         return out
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            payload = {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence,
-                       "results": self.results}
-            write_json(trainer, self.json_path, "ablation.json", payload)
+    def settings(self) -> dict[str, Any]:
+        return {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence}

@@ -17,12 +17,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from callbacks.ablation import random_subspace
 from callbacks.ablation_callback import check_direction_sets
-from callbacks.evaluation import Evaluation, evaluate, evaluation_batches, perturbed, require_evaluable
-from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
+from callbacks.edge_test import EdgeTestCallback
+from callbacks.evaluation import Evaluation, evaluate, perturbed
+from callbacks.gram_spectrum import DirectionUnavailable
 from callbacks.perturbation import check_eps_grid, hessian_quadratic_forms, kl_divergence, second_difference, split_like
-from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import ScheduledCallback
-from callbacks.update_recorder import UpdateRecorder
+from callbacks.run_results import eval_mode
 
 REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (§6.1)
 
@@ -44,7 +43,7 @@ def exact_curvatures(pl_module: pl.LightningModule, batches: list[Any], params: 
     return total.tolist()
 
 
-class PerturbationCallback(ScheduledCallback):
+class PerturbationCallback(EdgeTestCallback):
     """At scheduled steps, evaluate θ + ε·d on a grid of ε for Gram directions v_k and random unit directions.
 
     Per direction: loss, accuracy and mean KL(p‖p_ε) over labelled tokens at every ε (exact log-softmax
@@ -66,6 +65,8 @@ class PerturbationCallback(ScheduledCallback):
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``.
     """
+
+    json_name = "perturbation.json"
 
     def __init__(
         self,
@@ -89,36 +90,17 @@ class PerturbationCallback(ScheduledCallback):
             raise ValueError(f"PerturbationCallback: eps_mode must be 'absolute' or 'relative', got {eps_mode!r}")
         if not fd_scale > 0:
             raise ValueError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
-        if max_batches is not None and max_batches < 1:
-            raise ValueError(f"PerturbationCallback: max_batches must be >= 1 or None, got {max_batches}")
-        super().__init__(steps, after_grok)
+        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
         self.n_random = n_random
         self.seed = seed
         self.eps = check_eps_grid(REFERENCE_EPS if eps is None else eps)
         self.eps_mode = eps_mode
         self.curvature = curvature
         self.fd_scale = fd_scale
-        self.dataloader_idx = dataloader_idx
-        self.max_batches = max_batches
-        self.json_path = json_path
-        self._batches: list[Any] | None = None
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        require_evaluable(pl_module, "PerturbationCallback")
-        self._recorder = UpdateRecorder.find(trainer)
-        self._spectrum = GramSpectrum.find(trainer)
-        self._batches = None
-
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        if self._batches is None:
-            self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
-        result = self.run(pl_module, self._batches)
-        log_scalars(trainer, self.scalars(result))
-        return [result]
 
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Curves and curvatures on the current weights; parameters are restored bit-exactly after each."""
@@ -199,8 +181,6 @@ class PerturbationCallback(ScheduledCallback):
             out[f"curvature/random/{key}_mean"] = float(np.mean(values))
         return out
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            payload = {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
-                       "eps_mode": self.eps_mode, "fd_scale": self.fd_scale, "results": self.results}
-            write_json(trainer, self.json_path, "perturbation.json", payload)
+    def settings(self) -> dict[str, Any]:
+        return {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
+                "eps_mode": self.eps_mode, "fd_scale": self.fd_scale}

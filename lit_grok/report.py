@@ -69,7 +69,7 @@ def lifecycle_figure(scalars: dict, out: Path) -> Path:
     for ax, (title, tags) in zip(axes, PANELS):
         for tag in tags:
             if tag in scalars:
-                ax.plot(*scalars[tag], label=tag.split("/")[-1], lw=1.2)
+                ax.plot(*scalars[tag], label=tag.removeprefix("edge/"), lw=1.2)
         if grok:
             ax.axvline(grok[1][0], color="k", ls="--", lw=0.8)
         ax.set_title(title, fontsize=10)

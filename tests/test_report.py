@@ -1,0 +1,31 @@
+"""``lit-grok report`` reads back what the loggers wrote and draws the lifecycle figure."""
+import math
+
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from lit_grok.cli import main
+from lit_grok.report import read_scalars, value_at
+
+
+def test_report_reads_scalars_and_draws(tmp_path, capsys):
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    for step in (100, 200, 300):
+        logger.log_metrics({"edge/grad_frac_v1": step / 1000, "edge/sigma_1": 2.0}, step=step)
+        logger.log_metrics({"val/acc": 0.9 + step / 10_000}, step=step - 1)  # Lightning's validation step
+    logger.log_metrics({"grok/step": 200.0}, step=200)
+    logger.finalize("success")
+    run = tmp_path / "run" / "version_0"
+    scalars = read_scalars(run)
+    assert value_at(scalars, "edge/grad_frac_v1", 200) == pytest.approx(0.2)
+    assert value_at(scalars, "val/acc", 300) == pytest.approx(0.93)  # written at 299, describes step 300
+    assert math.isnan(value_at(scalars, "edge/grad_frac_v1", 400))
+    main(["report", str(run), "--steps", "200", "--tags", "val/acc", "edge/grad_frac_v1"])
+    out = capsys.readouterr().out
+    assert "grok step: 200" in out and "0.9200" in out and "0.2000" in out
+    assert (run / "lifecycle.png").stat().st_size > 10_000
+
+
+def test_report_without_events_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(tmp_path)

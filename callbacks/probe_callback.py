@@ -71,6 +71,8 @@ class ProbeCallback(ScheduledCallback):
         seed: seed of the token subset, the group split and the MLP.
         ridge_alpha: L2 strength of the linear probe (Ridge alpha; logistic C = 1/alpha).
         quadratic_alpha: L2 strength of the quadratic probe (the reference's 10).
+        standardize: standardise features before every probe (default); False fits raw features as the
+            reference did, whose fixed Ridge penalty makes R² fall when the representation shrinks.
         json_path: where to write ``results`` at fit end; default ``{log_dir}/probes_{target}.json``
             (``probes_{target}_{i}.json`` for the i-th further ProbeCallback of the trainer).
     """
@@ -89,6 +91,7 @@ class ProbeCallback(ScheduledCallback):
         seed: int = 0,
         ridge_alpha: float = 1.0,
         quadratic_alpha: float = 10.0,
+        standardize: bool = True,
         json_path: str | None = None,
     ) -> None:
         self.modules = module_aliases(modules, "ProbeCallback")
@@ -112,11 +115,12 @@ class ProbeCallback(ScheduledCallback):
         self.seed = seed
         self.ridge_alpha = ridge_alpha
         self.quadratic_alpha = quadratic_alpha
+        self.standardize = standardize
         self.json_path = json_path
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(modules=self.modules, target=self.target)
+        return self._generate_state_key(modules=self.modules, target=self.target, standardize=self.standardize)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         require_evaluable(pl_module, "ProbeCallback")
@@ -161,7 +165,7 @@ class ProbeCallback(ScheduledCallback):
         metrics, records = {}, []
         for alias, features in data.items():
             for res in run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
-                                  self.max_tokens, self.ridge_alpha, self.quadratic_alpha):
+                                  self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize):
                 metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value
                 records.append({"module": alias, "probe": res.kind, "metric": res.metric, "value": res.value,
                                 "n_train": res.n_train, "n_test": res.n_test})

@@ -44,25 +44,30 @@ def group_split(groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np
 
 
 def make_probe(
-    kind: str, categorical: bool, seed: int = 0, ridge_alpha: float = 1.0, quadratic_alpha: float = 10.0
+    kind: str, categorical: bool, seed: int = 0, ridge_alpha: float = 1.0, quadratic_alpha: float = 10.0,
+    standardize: bool = True,
 ) -> BaseEstimator:
     """An sklearn pipeline on standardised features: Ridge / logistic (C = 1/alpha) after identity or
     degree-2 features (squares included), or a 64-unit ReLU MLP (the reference's settings) with early stopping.
+
+    ``standardize=False`` fits on the raw features, as the reference did: a fixed Ridge penalty then weighs
+    more as the representation shrinks, so its R² falls with the feature scale, not with what is encoded.
 
     The MLP's early-stopping validation split (15 %) is drawn by token from the training groups only.
     """
     if kind not in PROBE_KINDS:
         raise ValueError(f"unknown probe kind {kind!r}; choose from {PROBE_KINDS}")
+    scaler = [StandardScaler()] if standardize else []
     if kind == "mlp":
         mlp = MLPClassifier if categorical else MLPRegressor
         est = mlp(hidden_layer_sizes=(64,), alpha=0.01, learning_rate_init=1e-3, max_iter=500, early_stopping=True,
                   validation_fraction=0.15, n_iter_no_change=10, tol=1e-4, random_state=seed)
-        return make_pipeline(StandardScaler(), est)
+        return make_pipeline(*scaler, est)
     alpha = ridge_alpha if kind == "linear" else quadratic_alpha
     head = LogisticRegression(C=1.0 / alpha, max_iter=1000) if categorical else Ridge(alpha=alpha)
     if kind == "linear":
-        return make_pipeline(StandardScaler(), head)
-    return make_pipeline(StandardScaler(), PolynomialFeatures(2, include_bias=False), head)
+        return make_pipeline(*scaler, head)
+    return make_pipeline(*scaler, PolynomialFeatures(2, include_bias=False), head)
 
 
 @dataclass
@@ -87,6 +92,7 @@ def run_probes(
     max_tokens: int | None = 4000,
     ridge_alpha: float = 1.0,
     quadratic_alpha: float = 10.0,
+    standardize: bool = True,
 ) -> list[ProbeResult]:
     """Fit each probe kind on one shared group split of (features [n, D], values [n]); score on the held-out groups.
 
@@ -100,7 +106,7 @@ def run_probes(
     y = values.astype(np.int64) if categorical else values.astype(np.float64)
     results = []
     for kind in kinds:
-        probe = make_probe(kind, categorical, seed, ridge_alpha, quadratic_alpha).fit(features[train], y[train])
+        probe = make_probe(kind, categorical, seed, ridge_alpha, quadratic_alpha, standardize).fit(features[train], y[train])
         pred = probe.predict(features[test])
         score = accuracy_score(y[test], pred) if categorical else r2_score(y[test], pred)
         results.append(ProbeResult(kind, "acc" if categorical else "r2", float(score), len(train), len(test)))

@@ -41,6 +41,17 @@ def test_linear_probe_equals_closed_form_ridge_on_standardised_features():
     assert (res.metric, res.n_train, res.n_test) == ("r2", len(train), len(test))
 
 
+def test_raw_features_reproduce_the_reference_scale_artefact():
+    # The same signal in a representation shrunk 50x: a fixed Ridge penalty on raw features loses it,
+    # the standardised probe does not (why the paper's linear R² "falls" as weight decay compresses).
+    X, rng, groups = planted(n=600, D=8)
+    y = X @ rng.standard_normal(8) + 0.1 * rng.standard_normal(600)
+    assert run_probes(X, y, groups, False, ("linear",), standardize=False)[0].value > 0.99
+    raw = run_probes(X / 50, y, groups, False, ("linear",), standardize=False)[0].value
+    scaled = run_probes(X / 50, y, groups, False, ("linear",))[0].value
+    assert scaled > 0.99 and raw < 0.9
+
+
 def test_planted_linear_and_square_signals():
     X, rng, groups = planted()
     linear_target = X @ np.array([1.0, -2.0, 0.5, 0, 0, 0]) + 0.05 * rng.standard_normal(len(X))

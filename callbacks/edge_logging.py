@@ -38,6 +38,7 @@ class RowAnalysis(Callback, ABC):
         self._history: list[tuple[int, dict]] = []  # logged (step, metrics), kept when history_path is set
         self._latest: dict[str, float] = {}
         self._last_step: Optional[int] = None
+        self._last_logged_step: Optional[int] = None
 
     # ---------------------------------------------------------------- for subclasses
     @abstractmethod
@@ -102,11 +103,19 @@ class RowAnalysis(Callback, ABC):
         return self._last_step
 
     def publish(self, trainer: Optional["pl.Trainer"] = None) -> list[tuple[int, dict]]:
-        """Turn pending rows into scalars, log them (rank zero of ``trainer``) and return them as (step, metrics)."""
+        """Turn pending rows into scalars, log them (rank zero of ``trainer``) and return them as (step, metrics).
+
+        Like Lightning's own logging, loggers get at most one row per ``trainer.log_every_n_steps`` steps
+        (the first row completing in each such span); ``latest`` and the ``.npz`` history keep every row.
+        """
         self._process()
         out, self._unpublished = self._unpublished, []
         if trainer is not None and trainer.is_global_zero:
+            every = max(1, trainer.log_every_n_steps)
             for step, metrics in out:
+                if self._last_logged_step is not None and step // every <= self._last_logged_step // every:
+                    continue
+                self._last_logged_step = step
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
         if self.history_path is not None:
@@ -158,6 +167,7 @@ class RowAnalysis(Callback, ABC):
             "history": list(self._history),
             "latest": dict(self._latest),
             "last_step": self._last_step,
+            "last_logged_step": self._last_logged_step,
             **self._analysis_state(),
         }
 
@@ -167,4 +177,5 @@ class RowAnalysis(Callback, ABC):
         self._unpublished = list(state_dict["unpublished"])
         self._history = list(state_dict["history"])
         self._latest, self._last_step = dict(state_dict["latest"]), state_dict["last_step"]
+        self._last_logged_step = state_dict["last_logged_step"]
         self._load_analysis_state(state_dict)

@@ -26,7 +26,7 @@ def _ddp_run(model, x, y, log_zero=True):
     for a in analyses:
         a.bind(rec)
     logger = MemoryLogger()
-    trainer = SimpleNamespace(is_global_zero=log_zero, loggers=[logger])
+    trainer = SimpleNamespace(is_global_zero=log_zero, loggers=[logger], log_every_n_steps=1)
     results = {}
     for _ in range(STEPS):
         opt.zero_grad()

@@ -86,10 +86,10 @@ def test_find_and_configuration_errors(tmp_path):
 def test_logs_only_on_rank_zero():
     spectrum, log = GramSpectrum(top_k=2), MemoryLogger()
     spectrum._unpublished = [(5, {"edge/g23": 1.0})]
-    assert spectrum.publish(SimpleNamespace(is_global_zero=False, loggers=[log])) == [(5, {"edge/g23": 1.0})]
+    assert spectrum.publish(SimpleNamespace(is_global_zero=False, loggers=[log], log_every_n_steps=1)) == [(5, {"edge/g23": 1.0})]
     assert log.by_step == {}
     spectrum._unpublished = [(6, {"edge/g23": 2.0})]
-    spectrum.publish(SimpleNamespace(is_global_zero=True, loggers=[log]))
+    spectrum.publish(SimpleNamespace(is_global_zero=True, loggers=[log], log_every_n_steps=1))
     assert log.by_step == {6: {"edge/g23": 2.0}}
 
 
@@ -114,3 +114,12 @@ def test_tensorboard_layout_groups_sigma_and_grad_frac(tmp_path, monkeypatch):
             }
         }
     ]
+
+
+def test_loggers_get_one_row_per_log_every_n_steps_and_latest_every_row(tmp_path):
+    spectrum = GramSpectrum(top_k=2)
+    _, _, logger = run_fit(tmp_path, UpdateRecorder(interval=1, window=3), analyses=[spectrum], steps=12,
+                           log_every_n_steps=5)
+    assert sorted(logger.by_step) == [1, 5, 10]  # the first row of each 5-step span
+    assert sorted(s for s, m in logger.by_step.items() if "edge/sigma_1" in m) == [5, 10]  # w >= 2 from step 2
+    assert spectrum.last_step == 12 and "edge/sigma_1" in spectrum.latest

@@ -88,7 +88,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=["plain", "lightning", "edge_reference", "edge_every_step"])
     parser.add_argument("--log-dir", default="logs")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     interval = REFERENCE_INTERVAL[args.task]
     runners = {
         "plain": lambda: plain_step_seconds(args.task, args.steps, args.warmup),

@@ -116,7 +116,7 @@ import lightning.pytorch as pl
 
 from callbacks.ablation_callback import AblationCallback
 from callbacks.evaluation import evaluation_batches
-from tiny_attention_model import TinyAttention, evaluate_at, fit_tiny, flat, gram_directions
+from tiny_attention_model import fail_evaluate_on_call, TinyAttention, evaluate_at, fit_tiny, flat, gram_directions
 
 SETS = {"edge": [1, 2], "bulk": [3, 4], "v1": [1]}
 
@@ -235,16 +235,7 @@ def test_rerun_is_reproducible_and_restores_bit_exactly(fitted, monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     import callbacks.ablation_callback as module
 
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("boom")
-        return evaluate(*args, **kwargs)
-
-    evaluate = module.evaluate
-    monkeypatch.setattr(module, "evaluate", failing)
+    fail_evaluate_on_call(monkeypatch, module, 3)
     with pytest.raises(RuntimeError, match="boom"):
         cb.run(model, batches)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -93,7 +93,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from callbacks.evaluation import evaluation_batches
 from callbacks.perturbation_callback import PerturbationCallback
-from tiny_attention_model import evaluate_at, fit_tiny, flat, gram_directions
+from tiny_attention_model import fail_evaluate_on_call, evaluate_at, fit_tiny, flat, gram_directions
 
 EPS = [-0.02, 0.0, 0.01, 0.02]
 
@@ -197,16 +197,7 @@ def test_relative_mode_and_bit_exact_restore(fitted, monkeypatch):
     assert point["loss"] == pytest.approx(loss, rel=1e-9)
     import callbacks.perturbation_callback as module
 
-    calls = []
-
-    def failing(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise RuntimeError("boom")
-        return evaluate(*args, **kwargs)
-
-    evaluate = module.evaluate
-    monkeypatch.setattr(module, "evaluate", failing)
+    fail_evaluate_on_call(monkeypatch, module, 4)
     with pytest.raises(RuntimeError, match="boom"):
         cb.run(model, batches)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -157,3 +157,16 @@ def evaluate_at(state, names, theta):
             logps.append(logp)
     losses, hits = np.concatenate(losses), np.concatenate(hits)
     return losses.mean(), hits.mean(), hits, np.concatenate(logps)
+
+
+def fail_evaluate_on_call(monkeypatch, module, n: int) -> None:
+    """Make ``module.evaluate`` raise RuntimeError("boom") on its n-th call (to test restores on error)."""
+    evaluate, calls = module.evaluate, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise RuntimeError("boom")
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "evaluate", failing)

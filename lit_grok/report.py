@@ -49,12 +49,28 @@ def value_at(scalars: dict, tag: str, step: int) -> float:
     return math.nan
 
 
-def summary(scalars: dict, steps: list[int], tags: list[str]) -> str:
+def median_of_last(scalars: dict, tag: str, step: int, n: int) -> float:
+    """Median of the last ``n`` values logged for ``tag`` at or before ``step`` (NaN if none).
+
+    One evaluation can land in a transient loss spike; the median of the last few says where a run is.
+    """
+    if tag not in scalars:
+        return math.nan
+    steps, values = scalars[tag]
+    kept = values[steps <= step][-n:]
+    return float(np.median(kept)) if kept.size else math.nan
+
+
+def summary(scalars: dict, steps: list[int], tags: list[str], last: int = 1) -> str:
+    """A table of ``tags`` at ``steps``; with ``last`` > 1, each value is the median of the last ``last``."""
     grok = scalars.get("grok/step")
     lines = [f"grok step: {int(grok[1][0]) if grok else 'not reached'}"]
+    if last > 1:
+        lines.append(f"(median of the last {last} values logged up to each step)")
     lines.append("step".rjust(8) + "".join(t.rjust(24) for t in tags))
     for s in steps:
-        lines.append(str(s).rjust(8) + "".join(f"{value_at(scalars, t, s):24.4f}" for t in tags))
+        row = (value_at(scalars, t, s) if last == 1 else median_of_last(scalars, t, s, last) for t in tags)
+        lines.append(str(s).rjust(8) + "".join(f"{v:24.4f}" for v in row))
     return "\n".join(lines)
 
 
@@ -84,14 +100,23 @@ def lifecycle_figure(scalars: dict, out: Path) -> Path:
 
 def report_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lit-grok report", description=__doc__)
-    parser.add_argument("run_dir", help="a run folder, e.g. logs/dyck/version_0")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. logs/dyck/version_0")
     parser.add_argument("--steps", type=int, nargs="+", default=[300, 600, 1500, 4000], help="steps to tabulate")
     parser.add_argument(
         "--tags", nargs="+", default=["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
     )
-    parser.add_argument("--figure", default=None, help="PNG path (default: RUN_DIR/lifecycle.png)")
+    parser.add_argument(
+        "--last", type=int, default=1, help="tabulate the median of the last N logged values up to each step"
+    )
+    parser.add_argument("--figure", default=None, help="PNG path for a single run (default: RUN_DIR/lifecycle.png)")
     args = parser.parse_args(argv)
-    scalars = read_scalars(args.run_dir)
-    print(summary(scalars, args.steps, args.tags))
-    figure = lifecycle_figure(scalars, Path(args.figure or Path(args.run_dir) / "lifecycle.png"))
-    print(f"figure: {figure}")
+    if args.last < 1:
+        parser.error(f"--last must be >= 1, got {args.last}")
+    if args.figure and len(args.run_dirs) > 1:
+        parser.error("--figure names one file; with several runs each figure goes to RUN_DIR/lifecycle.png")
+    for run_dir in args.run_dirs:
+        scalars = read_scalars(run_dir)
+        print(f"== {run_dir}")
+        print(summary(scalars, args.steps, args.tags, args.last))
+        figure = lifecycle_figure(scalars, Path(args.figure or Path(run_dir) / "lifecycle.png"))
+        print(f"figure: {figure}")

@@ -5,7 +5,7 @@ import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_grok.cli import main
-from lit_grok.report import read_scalars, value_at
+from lit_grok.report import median_of_last, read_scalars, value_at
 
 
 def test_report_reads_scalars_and_draws(tmp_path, capsys):
@@ -29,3 +29,25 @@ def test_report_reads_scalars_and_draws(tmp_path, capsys):
 def test_report_without_events_says_what_to_pass(tmp_path):
     with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
         read_scalars(tmp_path)
+
+
+def test_median_of_last_ignores_one_spike_and_later_values(tmp_path, capsys):
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    accs = {99: 0.97, 199: 0.98, 299: 0.40, 399: 0.99}  # a transient spike at step 300
+    for step, acc in accs.items():
+        logger.log_metrics({"val/acc": acc}, step=step)
+    logger.finalize("success")
+    run = tmp_path / "run" / "version_0"
+    scalars = read_scalars(run)
+    assert value_at(scalars, "val/acc", 300) == pytest.approx(0.40)
+    assert median_of_last(scalars, "val/acc", 300, 3) == pytest.approx(0.97)  # 0.97, 0.98, 0.40 — not 0.99
+    assert median_of_last(scalars, "val/acc", 400, 2) == pytest.approx((0.40 + 0.99) / 2)
+    assert math.isnan(median_of_last(scalars, "val/acc", 50, 3))
+    main(["report", str(run), str(run), "--steps", "300", "--tags", "val/acc", "--last", "3"])
+    out = capsys.readouterr().out
+    assert out.count("== ") == 2 and "median of the last 3" in out and "0.9700" in out and "0.4000" not in out
+
+
+def test_report_rejects_bad_last(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), "--last", "0"])

@@ -151,8 +151,13 @@ class ScanTransformer(GrokModule):
 
     def probe_targets(self, batch: Batch) -> dict[str, ProbeTarget]:
         src, tgt_in, tgt_out = batch
-        mask = tgt_out != IGNORE
-        return {"token": ProbeTarget(values=tgt_out.clamp(min=0), mask=mask, categorical=True, groups=sequence_keys(src))}
+        groups = sequence_keys(src)
+        return {
+            # decoder positions [B, T]: the gold action token
+            "token": ProbeTarget(values=tgt_out.clamp(min=0), mask=tgt_out != IGNORE, categorical=True, groups=groups),
+            # encoder positions [B, S]: the command token (its mask marks the non-pad source positions)
+            "source": ProbeTarget(values=src, mask=src != PAD, categorical=True, groups=groups),
+        }
 
 
 def greedy_exact_match(generated: Tensor, tgt_out: Tensor) -> Tensor:

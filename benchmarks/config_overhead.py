@@ -1,45 +1,79 @@
-"""Total overhead of a config's callbacks: the same training with and without them, alternating.
+"""Overhead of a config's callbacks, measured inside one training run: time spent in each callback's hooks
+against the rest of the run (training, validation, logging), both from Lightning's ``SimpleProfiler``.
 
-Runs ``lit-grok fit`` on ``--config`` and on ``--baseline`` (same seed, same steps) ``--rounds`` times,
-alternately, and prints the wall-time ratio of whole runs (validation and callbacks included).
+    python benchmarks/config_overhead.py --config configs/dyck_causal.yaml --steps 5000
 
-    python benchmarks/config_overhead.py --config configs/dyck_causal.yaml --baseline configs/dyck.yaml --steps 5000
+``UpdateRecorder`` works in optimizer-step hooks, which the profiler counts as training; ``speed.py``
+measures that part side by side with a plain loop.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from collections import defaultdict
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.profilers import SimpleProfiler
 
 
-def timed_fit(config: str, steps: int, workdir: str) -> float:
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "lit_grok.cli", "fit", "--config", config, f"--trainer.max_steps={steps}",
-         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"],
-        cwd=workdir, check=True, stdout=subprocess.DEVNULL,
+def callback_seconds(profiler: SimpleProfiler) -> dict[str, float]:
+    """Callback -> seconds spent in its hooks. Actions are named ``[Callback]{state_key}.{hook}``; a class
+    used twice (different state keys) gets "#2", "#3" after its name."""
+    by_key: dict[str, float] = defaultdict(float)
+    for action, durations in profiler.recorded_durations.items():
+        if action.startswith("[Callback]"):
+            by_key[action.removeprefix("[Callback]").rsplit(".", 1)[0]] += sum(durations)
+    out: dict[str, float] = {}
+    for key, seconds in by_key.items():
+        name = key.split("{")[0]
+        label, n = name, 1
+        while label in out:
+            n += 1
+            label = f"{name}#{n}"
+        out[label] = seconds
+    return out
+
+
+def profiled_fit(config: str, steps: int, workdir: str) -> tuple[float, dict[str, float]]:
+    """Wall seconds of ``fit`` for ``config`` and the seconds in each callback's hooks."""
+    cli = LightningCLI(
+        pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+        args=["--config", config, f"--trainer.max_steps={steps}", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={workdir}",
+              "--trainer.logger.init_args.save_dir", workdir],
+        trainer_defaults={"profiler": {"class_path": "lightning.pytorch.profilers.SimpleProfiler",
+                                       "init_args": {"dirpath": workdir, "filename": "profile"}}},
+        save_config_kwargs={"overwrite": True},
     )
-    return time.perf_counter() - start
+    profiler = cli.trainer.profiler
+    durations = profiler.recorded_durations  # kept: teardown may reset the profiler's own reference
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    total = time.perf_counter() - start
+    profiler.recorded_durations = durations
+    return total, callback_seconds(profiler)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--baseline", required=True)
     parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    times: dict[str, list[float]] = {args.baseline: [], args.config: []}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as workdir:
-        for r in range(args.rounds):
-            for config in times:
-                times[config].append(timed_fit(config, args.steps, workdir))
-            print(f"round {r + 1}: " + ", ".join(f"{c} {t[-1]:.1f} s" for c, t in times.items()), flush=True)
-    base, full = statistics.median(times[args.baseline]), statistics.median(times[args.config])
-    print(f"{args.steps} steps: baseline {base:.1f} s, with callbacks {full:.1f} s, overhead {100 * (full / base - 1):+.1f} %")
+        total, per_callback = profiled_fit(args.config, args.steps, workdir)
+    in_callbacks = sum(per_callback.values())
+    rest = total - in_callbacks
+    print(f"{args.config}, {args.steps} steps, {torch.get_num_threads()} thread(s): fit {total:.1f} s, "
+          f"of which callbacks {in_callbacks:.1f} s")
+    for name, seconds in sorted(per_callback.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {seconds:8.2f} s  {100 * seconds / rest:+7.2f} % of the run without callbacks")
+    print(f"total callback overhead: {100 * in_callbacks / rest:+.1f} % (callbacks {in_callbacks:.1f} s / rest {rest:.1f} s)")
 
 
 if __name__ == "__main__":

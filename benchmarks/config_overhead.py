@@ -15,8 +15,9 @@ from collections import defaultdict
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.profilers import SimpleProfiler
+
+from lit_grok.cli import LitGrokCLI
 
 
 def callback_seconds(profiler: SimpleProfiler) -> dict[str, float]:
@@ -39,7 +40,7 @@ def callback_seconds(profiler: SimpleProfiler) -> dict[str, float]:
 
 def profiled_fit(config: str, steps: int, workdir: str) -> tuple[float, dict[str, float]]:
     """Wall seconds of ``fit`` for ``config`` and the seconds in each callback's hooks."""
-    cli = LightningCLI(
+    cli = LitGrokCLI(
         pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
         args=["--config", config, f"--trainer.max_steps={steps}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={workdir}",
@@ -61,10 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as workdir:
         total, per_callback = profiled_fit(args.config, args.steps, workdir)
     in_callbacks = sum(per_callback.values())

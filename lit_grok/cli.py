@@ -8,8 +8,10 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("lit_grok", "callbacks"))
@@ -29,6 +31,26 @@ def raised_by_our_validation(exc: BaseException) -> bool:
     )
 
 
+class LitGrokCLI(LightningCLI):
+    """LightningCLI plus a top-level ``threads``: torch's CPU threads, set before anything is built.
+
+    The order of floating-point reductions depends on the thread count, and so does the late trajectory
+    of a CPU run (spec §14.1); the Dyck configs pin 1 thread, the setting of the paper's numbers.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="torch intra-op CPU threads (default: torch's own choice)")
+
+    def before_instantiate_classes(self) -> None:
+        threads = (self.config[self.subcommand] if self.subcommand else self.config).get("threads")
+        if threads is None:
+            return
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 (or null for torch's default), got {threads}")
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -42,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
             report_main(args[1:])
             return
-        LightningCLI(
+        LitGrokCLI(
             pl.LightningModule,
             pl.LightningDataModule,
             subclass_mode_model=True,

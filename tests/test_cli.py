@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from lit_grok.cli import main
 
@@ -66,3 +67,14 @@ def test_scan_export_command(tmp_path):
     main(["scan-export", "--split", "addprim_jump", "--out", str(tmp_path / "scan")])
     lines = (tmp_path / "scan" / "tasks_train_addprim_jump.txt").read_text().splitlines()
     assert len(lines) == 14_670 and lines.count("IN: jump OUT: I_JUMP") == 1_467
+
+
+def test_threads_option_sets_torch_threads_before_training(capsys, monkeypatch):
+    dyck = str(next(c for c in CONFIGS if c.stem == "dyck"))
+    before = torch.get_num_threads()
+    try:
+        main(["fit", "--config", dyck, "--threads=2", "--trainer.fast_dev_run=1", *QUIET])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "threads must be >= 1" in cli_error(capsys, "--config", dyck, "--threads=0")

@@ -42,9 +42,16 @@ class GrokDetector(Callback):
             )
         if float(trainer.callback_metrics[self.monitor]) >= self.threshold:
             self.grok_step = trainer.global_step
-            if trainer.is_global_zero:
-                for logger in trainer.loggers:
-                    logger.log_metrics({"grok/step": float(self.grok_step)}, step=self.grok_step)
+            self._log(trainer)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.grok_step is not None:  # restored by a resume: the new run's logs say so too
+            self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({"grok/step": float(self.grok_step)}, step=self.grok_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"grok_step": self.grok_step}

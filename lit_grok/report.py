@@ -49,28 +49,30 @@ def value_at(scalars: dict, tag: str, step: int) -> float:
     return math.nan
 
 
-def median_of_last(scalars: dict, tag: str, step: int, n: int) -> float:
-    """Median of the last ``n`` values logged for ``tag`` at or before ``step`` (NaN if none).
+def median_over(scalars: dict, tag: str, step: int, window: int) -> float:
+    """Median of the values of ``tag`` for steps ``step − window`` .. ``step`` (NaN if none).
 
-    One evaluation can land in a transient loss spike; the median of the last few says where a run is.
+    One evaluation can land in a transient loss spike; the median over a window says where the run is.
+    The window reaches one step further back, where Lightning writes the validation of step − window.
     """
     if tag not in scalars:
         return math.nan
     steps, values = scalars[tag]
-    kept = values[steps <= step][-n:]
+    kept = values[(steps >= step - window - 1) & (steps <= step)]
     return float(np.median(kept)) if kept.size else math.nan
 
 
-def summary(scalars: dict, steps: list[int], tags: list[str], last: int = 1) -> str:
-    """A table of ``tags`` at ``steps``; with ``last`` > 1, each value is the median of the last ``last``."""
+def summary(scalars: dict, steps: list[int], tags: list[str], window: int = 0) -> str:
+    """A table of ``tags`` at ``steps``; with ``window`` > 0, each value is the median over steps s − window .. s."""
     grok = scalars.get("grok/step")
     lines = [f"grok step: {int(grok[1][0]) if grok else 'not reached'}"]
-    if last > 1:
-        lines.append(f"(median of the last {last} values logged up to each step)")
-    lines.append("step".rjust(8) + "".join(t.rjust(24) for t in tags))
+    if window:
+        lines.append(f"(median over steps s − {window} .. s)")
+    widths = [max(len(t), 10) + 2 for t in tags]
+    lines.append("step".rjust(8) + "".join(t.rjust(w) for t, w in zip(tags, widths)))
     for s in steps:
-        row = (value_at(scalars, t, s) if last == 1 else median_of_last(scalars, t, s, last) for t in tags)
-        lines.append(str(s).rjust(8) + "".join(f"{v:24.4f}" for v in row))
+        row = (median_over(scalars, t, s, window) if window else value_at(scalars, t, s) for t in tags)
+        lines.append(str(s).rjust(8) + "".join(f"{v:{w}.4f}" for v, w in zip(row, widths)))
     return "\n".join(lines)
 
 
@@ -106,17 +108,17 @@ def report_main(argv: list[str] | None = None) -> None:
         "--tags", nargs="+", default=["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
     )
     parser.add_argument(
-        "--last", type=int, default=1, help="tabulate the median of the last N logged values up to each step"
+        "--window", type=int, default=0, help="tabulate the median over steps s − WINDOW .. s (0: the value at s)"
     )
     parser.add_argument("--figure", default=None, help="PNG path for a single run (default: RUN_DIR/lifecycle.png)")
     args = parser.parse_args(argv)
-    if args.last < 1:
-        parser.error(f"--last must be >= 1, got {args.last}")
+    if args.window < 0:
+        parser.error(f"--window must be >= 0, got {args.window}")
     if args.figure and len(args.run_dirs) > 1:
         parser.error("--figure names one file; with several runs each figure goes to RUN_DIR/lifecycle.png")
     for run_dir in args.run_dirs:
         scalars = read_scalars(run_dir)
         print(f"== {run_dir}")
-        print(summary(scalars, args.steps, args.tags, args.last))
+        print(summary(scalars, args.steps, args.tags, args.window))
         figure = lifecycle_figure(scalars, Path(args.figure or Path(run_dir) / "lifecycle.png"))
         print(f"figure: {figure}")

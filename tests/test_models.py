@@ -124,3 +124,12 @@ def test_grok_detector_logs_the_first_step_over_threshold():
     restored = GrokDetector("val/acc", 0.9)
     restored.load_state_dict(det.state_dict())
     assert restored.grok_step == 200
+
+    class Logger:
+        def log_metrics(self, metrics, step):
+            logged.append((metrics, step))
+
+    logged, trainer.loggers = [], [Logger()]
+    GrokDetector("val/acc", 0.9).on_train_start(trainer, None)  # a fresh run: nothing to say yet
+    restored.on_train_start(trainer, None)  # a resumed run repeats the restored grok step in its own logs
+    assert logged == [({"grok/step": 200.0}, 200)]

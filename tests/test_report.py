@@ -5,7 +5,7 @@ import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_grok.cli import main
-from lit_grok.report import median_of_last, read_scalars, value_at
+from lit_grok.report import median_over, read_scalars, value_at
 
 
 def test_report_reads_scalars_and_draws(tmp_path, capsys):
@@ -31,23 +31,26 @@ def test_report_without_events_says_what_to_pass(tmp_path):
         read_scalars(tmp_path)
 
 
-def test_median_of_last_ignores_one_spike_and_later_values(tmp_path, capsys):
+def test_median_over_a_window_ignores_one_spike_and_other_steps(tmp_path, capsys):
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
-    accs = {99: 0.97, 199: 0.98, 299: 0.40, 399: 0.99}  # a transient spike at step 300
+    accs = {99: 0.97, 199: 0.98, 299: 0.40, 399: 0.99}  # validations of steps 100..400; a spike at 300
     for step, acc in accs.items():
         logger.log_metrics({"val/acc": acc}, step=step)
+    for step in (100, 300):
+        logger.log_metrics({"probe/r2": step / 1000}, step=step)  # a callback: written at its own step
     logger.finalize("success")
     run = tmp_path / "run" / "version_0"
     scalars = read_scalars(run)
     assert value_at(scalars, "val/acc", 300) == pytest.approx(0.40)
-    assert median_of_last(scalars, "val/acc", 300, 3) == pytest.approx(0.97)  # 0.97, 0.98, 0.40 — not 0.99
-    assert median_of_last(scalars, "val/acc", 400, 2) == pytest.approx((0.40 + 0.99) / 2)
-    assert math.isnan(median_of_last(scalars, "val/acc", 50, 3))
-    main(["report", str(run), str(run), "--steps", "300", "--tags", "val/acc", "--last", "3"])
+    assert median_over(scalars, "val/acc", 300, 200) == pytest.approx(0.97)  # steps 100, 200, 300 — not 400
+    assert median_over(scalars, "val/acc", 400, 100) == pytest.approx((0.40 + 0.99) / 2)  # steps 300, 400
+    assert median_over(scalars, "probe/r2", 300, 100) == pytest.approx(0.3)  # the one value in steps 200..300
+    assert math.isnan(median_over(scalars, "val/acc", 50, 10))
+    main(["report", str(run), str(run), "--steps", "300", "--tags", "val/acc", "--window", "200"])
     out = capsys.readouterr().out
-    assert out.count("== ") == 2 and "median of the last 3" in out and "0.9700" in out and "0.4000" not in out
+    assert out.count("== ") == 2 and "median over steps s − 200 .. s" in out and "0.9700" in out and "0.4000" not in out
 
 
-def test_report_rejects_bad_last(tmp_path):
+def test_report_rejects_bad_window(tmp_path):
     with pytest.raises(SystemExit):
-        main(["report", str(tmp_path), "--last", "0"])
+        main(["report", str(tmp_path), "--window", "-1"])

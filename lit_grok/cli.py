@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -38,6 +38,11 @@ class LitGrokCLI(LightningCLI):
     of a CPU run (spec §14.1); the Dyck configs pin 1 thread, the setting of the paper's numbers.
     """
 
+    def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
+        """Any LightningModule / LightningDataModule by class path; ``kwargs`` go to ``LightningCLI``."""
+        super().__init__(pl.LightningModule, pl.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         args=args, save_config_kwargs={"overwrite": True}, **kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch intra-op CPU threads (default: torch's own choice)")
@@ -64,14 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
             report_main(args[1:])
             return
-        LitGrokCLI(
-            pl.LightningModule,
-            pl.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=argv,
-            save_config_kwargs={"overwrite": True},
-        )
+        LitGrokCLI(args=argv)
     except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is our own validation error
         root = innermost(exc)
         if not raised_by_our_validation(root):

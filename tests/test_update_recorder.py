@@ -25,6 +25,17 @@ def _theta(model, names):
     return np.concatenate([named[n].detach().numpy().ravel() for n in names])
 
 
+def _plain_steps(model, opt, steps):
+    """θ_attn [steps + 1, P] before and after each of ``steps`` plain torch optimizer steps on one batch."""
+    thetas, batch = [_theta(model, ATTN)], _batch()
+    for _ in range(steps):
+        opt.zero_grad()
+        model.loss(batch).backward()
+        opt.step()
+        thetas.append(_theta(model, ATTN))
+    return np.stack(thetas)
+
+
 # ---------------------------------------------------------------- selection
 def test_presets_globs_and_layout():
     model = TinyAttention(ADAMW)
@@ -70,13 +81,7 @@ def test_rows_match_snapshots_plain_loop():
     opt = torch.optim.AdamW(model.parameters(), lr=0.03, weight_decay=0.7)
     rec = UpdateRecorder(interval=2, window=3)
     rec.attach(model, [opt])
-    thetas, batch = [_theta(model, ATTN)], _batch()
-    for _ in range(9):
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-        thetas.append(_theta(model, ATTN))
-    thetas = np.stack(thetas)
+    thetas = _plain_steps(model, opt, 9)
     assert (rec.steps_done, rec.rows_done) == (9, 4)
     total, wd = rec.window_rows()
     np.testing.assert_allclose(total.numpy(), rows_of(np.diff(thetas, axis=0), 2)[1:], rtol=1e-10, atol=1e-15)
@@ -101,12 +106,7 @@ def test_sgd_maximize_splits_decay_the_same_way():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.3, momentum=0.5, maximize=True)
     rec = UpdateRecorder(window=2)
     rec.attach(model, [opt])
-    thetas, batch = [_theta(model, ATTN)], _batch()
-    for _ in range(3):
-        opt.zero_grad()
-        model.loss(batch).backward()
-        opt.step()
-        thetas.append(_theta(model, ATTN))
+    thetas = _plain_steps(model, opt, 3)
     buf, decay = None, []
     for th in thetas[:-1]:  # decay part of torch's momentum buffer, maximize only flips the gradient
         buf = 0.3 * th if buf is None else 0.5 * buf + 0.3 * th

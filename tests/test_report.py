@@ -51,6 +51,10 @@ def test_median_over_a_window_ignores_one_spike_and_other_steps(tmp_path, capsys
     assert out.count("== ") == 2 and "median over steps s − 200 .. s" in out and "0.9700" in out and "0.4000" not in out
 
 
-def test_report_rejects_bad_window(tmp_path):
+def test_report_rejects_bad_window_and_one_figure_for_several_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path), "--window", "-1"])
+    assert "--window must be >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path), str(tmp_path), "--figure", "x.png"])
+    assert "--figure names one file" in capsys.readouterr().err

@@ -1,0 +1,18 @@
+"""lit-grok's own errors: a mistake in what was asked for, whose message names the fix.
+
+The ``lit-grok`` command prints these as one line; every other exception is a bug and keeps its traceback.
+"""
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+
+class LitGrokError(Exception):
+    """Base of the errors the CLI reports in one line: bad input or settings, never a defect of the code."""
+
+
+class ConfigurationError(LitGrokError, MisconfigurationException, ValueError):
+    """A setting, argument or input file that cannot work (a ``ValueError`` and Lightning's
+    ``MisconfigurationException``, so callers catching either keep working)."""
+
+
+class NonFiniteError(LitGrokError, FloatingPointError):
+    """Training produced a non-finite loss or update; the message names the step and the fix."""

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from callbacks.edge_logging import RowAnalysis
-from callbacks.gram_math import append_cross, append_gram, decompose, usable_modes, window_spectrum
+from callbacks.utils.row_analysis import RowAnalysis
+from callbacks.functional.edge_decomposer import append_cross, decompose
+from callbacks.functional.gram_spectrum import append_gram, usable_modes, window_spectrum
 from callbacks.update_recorder import RowEvent
 
 

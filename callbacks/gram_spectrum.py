@@ -12,8 +12,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from callbacks.edge_logging import RowAnalysis
-from callbacks.gram_math import (
+from callbacks.utils.row_analysis import RowAnalysis
+from callbacks.functional.gram_spectrum import (
     EPS,
     append_gram,
     edge_statistics,
@@ -24,13 +24,12 @@ from callbacks.gram_math import (
     window_spectrum,
 )
 from callbacks.update_recorder import RowEvent
+from callbacks.utils.errors import DirectionUnavailable
+from callbacks.utils.protocols import DirectionSource
+from callbacks.utils.trainer import find
 
 
-class DirectionUnavailable(ValueError):
-    """v_k does not exist in the current window (k > w, or σ_k = 0)."""
-
-
-class GramSpectrum(RowAnalysis):
+class GramSpectrum(RowAnalysis, DirectionSource):
     """Logs edge/sigma_k, g23, k_star, gap_ratio, rotation_v1_deg, rotation_span12_deg, cos_theta_v{k} and
     update/norm_total, update/theta_norm each time the UpdateRecorder completes a row (window ≥ 2 rows).
 
@@ -46,10 +45,7 @@ class GramSpectrum(RowAnalysis):
 
     @staticmethod
     def find(trainer: "pl.Trainer") -> "GramSpectrum":
-        for cb in trainer.callbacks:
-            if isinstance(cb, GramSpectrum):
-                return cb
-        raise ValueError("no GramSpectrum in trainer.callbacks: add UpdateRecorder() and GramSpectrum() to them")
+        return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
 
     # ---------------------------------------------------------------- per row
     def _row_products(self, event: RowEvent) -> Tensor:

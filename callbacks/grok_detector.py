@@ -10,8 +10,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.protocols import GrokStepSource
+from callbacks.utils.trainer import find
 
-class GrokDetector(Callback):
+
+class GrokDetector(Callback, GrokStepSource):
     """Watch ``monitor`` after every validation; record the first step where it is >= ``threshold``.
 
     Args:
@@ -21,23 +25,21 @@ class GrokDetector(Callback):
 
     def __init__(self, monitor: str = "val/acc", threshold: float = 0.95) -> None:
         if not 0 < threshold <= 1:
-            raise ValueError(f"GrokDetector threshold must lie in (0, 1], got {threshold}")
+            raise ConfigurationError(f"GrokDetector threshold must lie in (0, 1], got {threshold}")
         self.monitor = monitor
         self.threshold = threshold
         self.grok_step: int | None = None
 
     @staticmethod
     def find(trainer: pl.Trainer) -> "GrokDetector":
-        for cb in trainer.callbacks:
-            if isinstance(cb, GrokDetector):
-                return cb
-        raise ValueError("no GrokDetector in the trainer: add callbacks.GrokDetector(monitor=..., threshold=...) to its callbacks")
+        """The trainer's one GrokDetector (a ConfigurationError if it has none or several)."""
+        return find(trainer, GrokDetector, "add callbacks.GrokDetector(monitor=..., threshold=...) to them")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.grok_step is not None:
             return
         if self.monitor not in trainer.callback_metrics:
-            raise KeyError(
+            raise ConfigurationError(
                 f"GrokDetector monitors {self.monitor!r}, which was not logged; logged: {sorted(trainer.callback_metrics)}"
             )
         if float(trainer.callback_metrics[self.monitor]) >= self.threshold:

@@ -17,7 +17,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
 
-from callbacks.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from callbacks.utils.trainer import find
 
 SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
 
@@ -98,11 +100,11 @@ class UpdateRecorder(Callback):
     ) -> None:
         check_spec(params)
         if not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
+            raise ConfigurationError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
         if not isinstance(window, int) or window < 2:
-            raise ValueError(f"window must be an integer >= 2 (rows per Gram window), got {window!r}")
+            raise ConfigurationError(f"window must be an integer >= 2 (rows per Gram window), got {window!r}")
         if on_nonfinite not in ("error", "skip"):
-            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+            raise ConfigurationError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
         self.params = list(params) if not isinstance(params, str) else params
         self.interval = interval
         self.window = window
@@ -124,13 +126,8 @@ class UpdateRecorder(Callback):
     # ---------------------------------------------------------------- public API
     @staticmethod
     def find(trainer: "pl.Trainer") -> "UpdateRecorder":
-        found = [cb for cb in trainer.callbacks if isinstance(cb, UpdateRecorder)]
-        if len(found) != 1:
-            raise ValueError(
-                f"expected exactly one UpdateRecorder in trainer.callbacks, found {len(found)}: "
-                "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]"
-            )
-        return found[0]
+        """The trainer's one UpdateRecorder (a ConfigurationError if it has none or several)."""
+        return find(trainer, UpdateRecorder, "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]")
 
     @property
     def selection(self) -> Selection:
@@ -146,14 +143,14 @@ class UpdateRecorder(Callback):
     def write_flat_params(self, vec: Tensor) -> None:
         """Copy ``vec`` [P] into the selected parameters, in place."""
         if vec.numel() != self.selection.numel:
-            raise ValueError(f"write_flat_params needs {self.selection.numel} values, got {vec.numel()}")
+            raise ConfigurationError(f"write_flat_params needs {self.selection.numel} values, got {vec.numel()}")
         for block, p in zip(self.selection.blocks, self.selection.params):
             local_tensor(p).copy_(vec[block.offset : block.offset + block.numel].view(block.shape))
 
     def window_rows(self, include_raw: bool = False) -> tuple[Tensor, ...]:
         """(X_total, X_wd[, X_raw]) [w, P] of the last w = min(window, rows_done) rows, oldest→newest."""
         if include_raw and not self.keep_raw_grad:
-            raise ValueError("raw gradient rows need UpdateRecorder(keep_raw_grad=True)")
+            raise ConfigurationError("raw gradient rows need UpdateRecorder(keep_raw_grad=True)")
         if self._selection is None:
             raise RuntimeError("UpdateRecorder has no rows yet: it starts recording when fitting starts")
         order = self.ring_order(self.rows_done)
@@ -207,15 +204,15 @@ class UpdateRecorder(Callback):
                     where[id(p)] = (opt, group)
         missing = [n for n, p in zip(selection.names, selection.params) if id(p) not in where]
         if missing:
-            raise ValueError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
+            raise ConfigurationError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
         owners = {id(where[id(p)][0]) for p in selection.params}
         if len(owners) > 1:
-            raise ValueError("the selected parameters span several optimizers: select parameters of one optimizer")
+            raise ConfigurationError("the selected parameters span several optimizers: select parameters of one optimizer")
         return where[id(selection.params[0])][0], [where[id(p)][1] for p in selection.params]
 
     def _check_decay(self, optimizer: Optimizer, group: dict) -> None:
         if group.get("weight_decay", 0) != 0 and _decay_kind(optimizer, group) == "unsupported":
-            raise ValueError(
+            raise ConfigurationError(
                 f"UpdateRecorder cannot split the weight decay of {type(optimizer).__name__}"
                 f"(weight_decay={group['weight_decay']}): supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
             )
@@ -386,12 +383,12 @@ class UpdateRecorder(Callback):
         if not state:
             return
         if (state["interval"], state["window"]) != (self.interval, self.window):
-            raise ValueError(
+            raise ConfigurationError(
                 f"checkpoint recorded interval={state['interval']}, window={state['window']} but this UpdateRecorder "
                 f"has interval={self.interval}, window={self.window}: use the checkpoint's values to resume"
             )
         if tuple(state["names"]) != self.selection.names or state["numel"] != self.selection.numel:
-            raise ValueError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
+            raise ConfigurationError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
         self.steps_done, self.rows_done = state["steps_done"], state["rows_done"]
         self.rows_skipped, self._row_steps = state["rows_skipped"], state["row_steps"]
         order = self.ring_order(self.rows_done)

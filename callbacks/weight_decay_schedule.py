@@ -1,4 +1,4 @@
-"""Change the optimizer's weight decay at given steps (the spec §9 intervention, as a callback).
+"""Change the optimizer's weight decay at given steps (the intervention of docs/methods.md §9, as a callback).
 
 Unlike the reference, which restarted a fresh AdamW, the optimizer state is kept by default, so the
 only change is ω; ``reset_optimizer_state=True`` also clears the moments and step counters as it did.
@@ -10,7 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.run_results import log_scalars
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.trainer import log_scalars
 
 
 class WeightDecaySchedule(Callback):
@@ -31,14 +32,14 @@ class WeightDecaySchedule(Callback):
         self, milestones: dict[int, float], param_groups: list[int] | None = None, reset_optimizer_state: bool = False
     ) -> None:
         if not milestones:
-            raise ValueError("WeightDecaySchedule: give at least one milestone {step: weight_decay}")
+            raise ConfigurationError("WeightDecaySchedule: give at least one milestone {step: weight_decay}")
         for step, wd in milestones.items():
             if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                raise ValueError(f"WeightDecaySchedule: milestone steps must be integers >= 0, got {step!r}")
+                raise ConfigurationError(f"WeightDecaySchedule: milestone steps must be integers >= 0, got {step!r}")
             if not wd >= 0:
-                raise ValueError(f"WeightDecaySchedule: weight decay must be >= 0, got {wd} at step {step}")
+                raise ConfigurationError(f"WeightDecaySchedule: weight decay must be >= 0, got {wd} at step {step}")
         if param_groups is not None and (not param_groups or len(set(param_groups)) != len(param_groups)):
-            raise ValueError(f"WeightDecaySchedule: param_groups must be distinct indices (or None for all), got {param_groups}")
+            raise ConfigurationError(f"WeightDecaySchedule: param_groups must be distinct indices (or None for all), got {param_groups}")
         self.milestones = {int(step): float(wd) for step, wd in sorted(milestones.items())}
         self.param_groups = None if param_groups is None else list(param_groups)
         self.reset_optimizer_state = reset_optimizer_state
@@ -50,17 +51,17 @@ class WeightDecaySchedule(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"WeightDecaySchedule supports exactly one optimizer, the trainer has {len(trainer.optimizers)}")
+            raise ConfigurationError(f"WeightDecaySchedule supports exactly one optimizer, the trainer has {len(trainer.optimizers)}")
         n_groups = len(trainer.optimizers[0].param_groups)
         bad = [i for i in self.param_groups or [] if not 0 <= i < n_groups]
         if bad:
-            raise ValueError(f"WeightDecaySchedule: param group {bad[0]} is out of range; the optimizer has {n_groups} groups")
+            raise ConfigurationError(f"WeightDecaySchedule: param group {bad[0]} is out of range; the optimizer has {n_groups} groups")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = trainer.global_step
         past = [step for step in self.milestones if step < now and step not in self.fired]
         if past:
-            raise ValueError(
+            raise ConfigurationError(
                 f"WeightDecaySchedule: milestone step {past[0]} is in the past (global_step {now} at the start of training)"
             )
 

@@ -8,10 +8,10 @@ from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import r2_score
 from torch import nn
 
-from callbacks.hidden_states import captured_outputs, resolve_modules
+from callbacks.utils.hidden_states import captured_outputs, resolve_modules
 from callbacks.probe_callback import ProbeCallback
-from callbacks.probes import group_split, make_probe, run_probes, token_samples
-from callbacks.protocols import ProbeTarget
+from callbacks.functional.probe import group_split, make_probe, run_probes, token_samples
+from callbacks.utils.protocols import ProbeTarget
 from probe_toy_model import ToyEncoder, trainer
 
 

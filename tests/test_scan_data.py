@@ -1,5 +1,5 @@
 """SCAN data: the generated grammar against an independent interpreter and the paper's examples, the
-split sizes of the official files, the file format, and the DataModule's encoding (method spec §1.2)."""
+split sizes of the official files, the file format, and the DataModule's encoding (docs/methods.md §1.2)."""
 from __future__ import annotations
 
 import random

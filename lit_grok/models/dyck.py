@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from callbacks.protocols import ProbeTarget, sequence_keys
+from callbacks import ProbeTarget, sequence_keys
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
@@ -86,7 +86,7 @@ class DyckTransformer(GrokModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
 
-    # --- what the analysis callbacks use (callbacks.protocols) ---
+    # --- what the analysis callbacks use (callbacks.utils.protocols) ---
     def labelled_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch
         return labelled_positions(self(x), y)

@@ -16,3 +16,7 @@ class ConfigurationError(LitGrokError, MisconfigurationException, ValueError):
 
 class NonFiniteError(LitGrokError, FloatingPointError):
     """Training produced a non-finite loss or update; the message names the step and the fix."""
+
+
+class DirectionUnavailable(ValueError):
+    """v_k does not exist in the current window (k > w, or σ_k = 0); results record it as unavailable."""

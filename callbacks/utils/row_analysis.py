@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from callbacks.update_recorder import RowEvent, UpdateRecorder
+from callbacks.utils.errors import ConfigurationError
 
 LAYOUT_CATEGORY = "spectral edge"
 
@@ -27,7 +28,7 @@ class RowAnalysis(Callback, ABC):
 
     def __init__(self, top_k: int = 5, history_path: Optional[str] = None) -> None:
         if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1 (directions to report), got {top_k!r}")
+            raise ConfigurationError(f"top_k must be an integer >= 1 (directions to report), got {top_k!r}")
         self.top_k = top_k
         self.history_path = history_path
         self._recorder: Optional[UpdateRecorder] = None
@@ -63,7 +64,7 @@ class RowAnalysis(Callback, ABC):
     def bind(self, recorder: UpdateRecorder, trainer: Optional["pl.Trainer"] = None) -> None:
         """Listen to ``recorder``'s rows; with a trainer, rows are labelled by trainer.global_step."""
         if self.top_k > recorder.window:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(self).__name__}(top_k={self.top_k}) exceeds UpdateRecorder(window={recorder.window}): "
                 "lower top_k or raise window"
             )

@@ -7,12 +7,41 @@ from abc import abstractmethod
 from typing import Any
 
 import lightning.pytorch as pl
+from typing_extensions import override
 
-from callbacks.evaluation import evaluation_batches, require_evaluable
-from callbacks.gram_spectrum import GramSpectrum
-from callbacks.run_results import log_scalars, write_json
-from callbacks.schedule import ScheduledCallback
 from callbacks.update_recorder import UpdateRecorder
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.evaluation import evaluation_batches, require_evaluable
+from callbacks.utils.protocols import DirectionSource
+from callbacks.utils.results import write_results
+from callbacks.utils.schedule import ScheduledCallback
+from callbacks.utils.trainer import find, log_scalars
+
+SPECTRUM_HINT = "add UpdateRecorder() and GramSpectrum() to them"
+
+
+def check_directions(ks: Any, who: str, name: str) -> list[int]:
+    """1-indexed Gram directions, e.g. [1, 2]: a non-empty list of distinct integers k >= 1."""
+    ks = list(ks)
+    if not ks:
+        raise ConfigurationError(f"{who}: {name} is empty; give 1-indexed directions such as [1, 2]")
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ConfigurationError(f"{who}: {name} must hold integers k >= 1 (v_1 is the top direction), got {ks}")
+    if len(set(ks)) != len(ks):
+        raise ConfigurationError(f"{who}: {name} repeats a direction: {ks}")
+    return ks
+
+
+def check_direction_sets(sets: dict[str, list[int]], who: str) -> dict[str, list[int]]:
+    """Named sets of 1-indexed Gram directions, e.g. {"edge": [1, 2], "bulk": [3, 4]}."""
+    if not isinstance(sets, dict) or not sets:
+        raise ConfigurationError(f"{who}: `sets` must name at least one direction set, e.g. {{'edge': [1, 2]}}")
+    out = {}
+    for name, ks in sets.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigurationError(f"{who}: set names must be non-empty strings without '/', got {name!r}")
+        out[name] = check_directions(ks, who, f"direction set {name!r}")
+    return out
 
 
 class EdgeTestCallback(ScheduledCallback):
@@ -22,24 +51,27 @@ class EdgeTestCallback(ScheduledCallback):
     Subclasses implement ``run(pl_module, batches) -> result``, ``scalars(result)`` and ``settings()``.
     """
 
-    json_name = "edge_test.json"
+    json_name = "edge_test"
 
     def __init__(self, steps: list[int], after_grok: list[int], dataloader_idx: int, max_batches: int | None,
                  json_path: str | None) -> None:
         if max_batches is not None and max_batches < 1:
-            raise ValueError(f"{type(self).__name__}: max_batches must be >= 1 or None, got {max_batches}")
+            raise ConfigurationError(f"{type(self).__name__}: max_batches must be >= 1 or None, got {max_batches}")
         super().__init__(steps, after_grok)
         self.dataloader_idx = dataloader_idx
         self.max_batches = max_batches
         self.json_path = json_path
         self._batches: list[Any] | None = None
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the module and find the recorder and the spectrum before the first step."""
         require_evaluable(pl_module, type(self).__name__)
         self._recorder = UpdateRecorder.find(trainer)
-        self._spectrum = GramSpectrum.find(trainer)
+        self._spectrum = find(trainer, DirectionSource, SPECTRUM_HINT, "GramSpectrum")
         self._batches = None
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         if self._batches is None:
             self._batches = evaluation_batches(trainer, pl_module, self.dataloader_idx, self.max_batches)
@@ -47,9 +79,11 @@ class EdgeTestCallback(ScheduledCallback):
         log_scalars(trainer, self.scalars(result))
         return [result]
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the settings and every result to JSON (rank zero)."""
         if trainer.is_global_zero:
-            write_json(trainer, self.json_path, self.json_name, {**self.settings(), "results": self.results})
+            write_results(trainer, self, self.json_path, self.json_name, {**self.settings(), "results": self.results})
 
     @abstractmethod
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:

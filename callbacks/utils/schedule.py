@@ -24,7 +24,12 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from callbacks.grok_detector import GrokDetector
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.protocols import GrokStepSource
+from callbacks.utils.trainer import find
+
+
+GROK_HINT = "add callbacks.GrokDetector(monitor=..., threshold=...) to them (grok offsets need the grok step)"
 
 
 class RunSchedule:
@@ -38,23 +43,23 @@ class RunSchedule:
     def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = ()) -> None:
         steps, after_grok = list(steps), list(after_grok)
         if not steps and not after_grok:
-            raise ValueError("the schedule is empty: give `steps` and/or `after_grok`")
+            raise ConfigurationError("the schedule is empty: give `steps` and/or `after_grok`")
         for name, values, low in (("steps", steps, 1), ("after_grok", after_grok, 0)):
             if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise TypeError(f"schedule {name} must be integers, got {values}")
+                raise ConfigurationError(f"schedule {name} must be integers, got {values}")
             if any(v < low for v in values):
-                raise ValueError(f"schedule {name} must be >= {low}, got {values}")
+                raise ConfigurationError(f"schedule {name} must be >= {low}, got {values}")
             if len(set(values)) != len(values):
-                raise ValueError(f"schedule {name} has duplicates: {values}")
+                raise ConfigurationError(f"schedule {name} has duplicates: {values}")
         self.steps = sorted(steps)
         self.after_grok = sorted(after_grok)
         self.done: set[str] = set()
-        self._detector: GrokDetector | None = None
+        self._detector: GrokStepSource | None = None
         self._warned: set[str] = set()
 
     def attach(self, trainer: pl.Trainer) -> None:
         """Find the trainer's ``GrokDetector`` when there are grok offsets; raises if it has none."""
-        self._detector = GrokDetector.find(trainer) if self.after_grok else None
+        self._detector = find(trainer, GrokStepSource, GROK_HINT, "GrokDetector") if self.after_grok else None
 
     def start(self, trainer: pl.Trainer) -> None:
         """Attach, then reject targets already passed; call once a resume has restored the step, ``done`` and the
@@ -63,7 +68,7 @@ class RunSchedule:
         now = trainer.global_step
         past = [label for label, target in self._targets() if target < now and label not in self.done]
         if past:
-            raise ValueError(f"a schedule step in the past: {past} < global_step {now} at train start; remove them")
+            raise ConfigurationError(f"a schedule step in the past: {past} < global_step {now} at train start; remove them")
 
     def due(self, trainer: pl.Trainer) -> list[str]:
         """Labels whose target is ``trainer.global_step`` and that are not done yet."""

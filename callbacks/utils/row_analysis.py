@@ -1,13 +1,20 @@
-"""Shared plumbing of the callbacks that analyse each completed update row of an UpdateRecorder.
+"""The per-row analyses of an UpdateRecorder, and the one Gram window they all read.
 
-A subclass says which inner products it needs when a row arrives (device work inside the optimizer
-hook, no host sync) and how to turn them into scalars (host work, later); this base labels each row
-with its trainer.global_step, logs it to every logger on rank zero, and keeps latest values and history.
+The data path of a row, top to bottom in this file and the analysis's own: inside the optimizer hook
+(device work, no host sync) the ``GramWindow`` and each analysis take the inner products they need from the new
+row (``RowAnalysis.row_products``, named fields); later (host work, float64) ``GramWindow.process`` borders
+G = X Xᵀ with the row, solves the window once and hands the resulting ``WindowRow`` to every analysis
+(``RowAnalysis.absorb`` turns it into scalars); ``publish`` labels them with trainer.global_step and logs them on
+rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 
+import math
 import os
+import weakref
 from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import lightning.pytorch as pl
@@ -17,14 +24,123 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
+from callbacks.functional.gram_spectrum import append_gram, window_spectrum
 from callbacks.update_recorder import RowEvent, UpdateRecorder
 from callbacks.utils.errors import ConfigurationError
 
 LAYOUT_CATEGORY = "spectral edge"
+Products = dict[str, Tensor]
+
+
+def reduce_products(recorder: UpdateRecorder, products: Products) -> Products:
+    """Sum named products over ranks (one collective) when the recorder's selection is sharded."""
+    flat = recorder.all_reduce(torch.cat([t.reshape(-1) for t in products.values()]))
+    pieces = flat.split([t.numel() for t in products.values()])
+    return {name: piece.view_as(t) for (name, t), piece in zip(products.items(), pieces)}
+
+
+def to_host(products: Products) -> Products:
+    return {name: t.detach().to("cpu", torch.float64) for name, t in products.items()}
+
+
+@dataclass
+class WindowRow:
+    """The Gram window as of one completed row: what every analysis reads."""
+
+    index: int  # 0-based row number
+    steps: int  # optimizer steps recorded when the row completed
+    gram: Tensor  # [m+1, m+1] float64: X Xᵀ of the m <= window previous rows and this one, oldest→newest
+    order: list[int]  # ring slots of those m previous rows, oldest→newest (to read ring-indexed products)
+    xx: float  # ‖x‖² of the new row
+    size: int  # w = min(window, index + 1): rows in the window ending at this row
+    sigma: Tensor  # [w] float64, descending (empty when w < 2)
+    u: Tensor  # [w, w]: column k is u_k, v_k = Xᵀu_k / σ_k
+
+    def oldest_first(self, ring_products: Tensor) -> Tensor:
+        """Products with the ring's slots [window] → the m previous rows, oldest→newest."""
+        return ring_products[self.order]
+
+
+class GramWindow:
+    """G = X Xᵀ of a recorder's last window + 1 rows (the extra row gives the previous window), kept once per
+    recorder and solved once per row, for every analysis bound to that recorder."""
+
+    _of: "weakref.WeakKeyDictionary[UpdateRecorder, GramWindow]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, recorder: UpdateRecorder) -> "GramWindow":
+        """The recorder's window, made (and hooked to its rows) on first use."""
+        if recorder not in cls._of:
+            cls._of[recorder] = cls(recorder)
+        return cls._of[recorder]
+
+    def __init__(self, recorder: UpdateRecorder) -> None:
+        self.recorder = recorder
+        self.readers: list[RowAnalysis] = []
+        self.rows_seen = 0
+        self._gram = torch.zeros(0, 0, dtype=torch.float64)
+        self._pending: deque[tuple[int, int, Products]] = deque()
+        self._latest: Optional[WindowRow] = None
+        recorder.add_row_listener(self._on_row)
+
+    def subscribe(self, reader: "RowAnalysis") -> None:
+        if reader not in self.readers:
+            self.readers.append(reader)
+
+    def _on_row(self, event: RowEvent) -> None:
+        """Device work in the optimizer hook: the new row's inner products with the ring and itself."""
+        x = event.total
+        products = {"ring_x": event.ring_total @ x, "xx": x @ x}
+        self._pending.append((event.index, event.steps, reduce_products(self.recorder, products)))
+
+    def process(self) -> None:
+        """Host work: border G with each pending row, solve the window, hand the row to every reader in order."""
+        while self._pending:
+            index, steps, products = self._pending.popleft()
+            p = to_host(products)
+            W = self.recorder.window
+            order = self.recorder.ring_order(index)  # slots of the previous rows, oldest→newest
+            self._gram = append_gram(self._gram, p["ring_x"][order], p["xx"], keep=W + 1)
+            size = min(W, index + 1)
+            sigma, u = self._solve(size)
+            row = WindowRow(index, steps, self._gram, order, float(p["xx"]), size, sigma, u)
+            self.rows_seen, self._latest = index + 1, row
+            for reader in self.readers:
+                reader._absorb_row(row)
+
+    def _solve(self, size: int) -> tuple[Tensor, Tensor]:
+        if size < 2:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return empty, empty.reshape(0, 0)
+        return window_spectrum(self._gram[-size:, -size:])
+
+    def spectrum(self) -> tuple[int, Tensor, Tensor]:
+        """(w, σ [w], U [w, w]) of the window ending at the latest completed row (w = 0 before two rows)."""
+        self.process()
+        size = min(self.recorder.window, self.rows_seen)
+        if size < 2:
+            return 0, *self._solve(0)
+        if self._latest is None or self._latest.index + 1 != self.rows_seen:  # restored from a checkpoint
+            self._latest = WindowRow(self.rows_seen - 1, -1, self._gram, [], math.nan, size, *self._solve(size))
+        return size, self._latest.sigma, self._latest.u
+
+    def state_dict(self) -> dict[str, Any]:
+        self.process()
+        return {"rows": self.rows_seen, "gram": self._gram.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows_seen, self._gram = state["rows"], state["gram"].to(torch.float64)
+        self._pending.clear()
+        self._latest = None
 
 
 class RowAnalysis(Callback, ABC):
-    """Base class: per-row products → (later) scalars → loggers, ``latest`` and an optional ``.npz`` history."""
+    """Base class of the analyses of each completed row: named products of the row → (later, with the shared
+    ``WindowRow``) scalars → loggers, ``latest`` and an optional ``.npz`` history.
+
+    Subclasses implement ``row_products`` (device) and ``absorb`` (host); ``custom_scalar_charts`` and the
+    ``_analysis_state`` pair are optional.
+    """
 
     def __init__(self, top_k: int = 5, history_path: Optional[str] = None) -> None:
         if not isinstance(top_k, int) or top_k < 1:
@@ -32,9 +148,11 @@ class RowAnalysis(Callback, ABC):
         self.top_k = top_k
         self.history_path = history_path
         self._recorder: Optional[UpdateRecorder] = None
+        self._window: Optional[GramWindow] = None
+        self._restored_window: Optional[dict[str, Any]] = None
         self._trainer: Optional[pl.Trainer] = None
         self._rows_seen = 0  # rows turned into scalars
-        self._pending: list[tuple[int, int, Tensor]] = []  # (row index, recorder steps, products on device)
+        self._pending: deque[tuple[int, Products]] = deque()  # (row index, products on device)
         self._unpublished: list[tuple[int, dict]] = []  # (step, metrics) not yet logged
         self._history: list[tuple[int, dict]] = []  # logged (step, metrics), kept when history_path is set
         self._latest: dict[str, float] = {}
@@ -42,13 +160,14 @@ class RowAnalysis(Callback, ABC):
         self._last_logged_step: Optional[int] = None
 
     # ---------------------------------------------------------------- for subclasses
-    @abstractmethod
-    def _row_products(self, event: RowEvent) -> Tensor:
-        """Partial inner products [n] this analysis needs from the new row (device, no sync)."""
+    def row_products(self, event: RowEvent) -> Products:
+        """Named inner products this analysis needs from the new row beyond the window's (device, no sync)."""
+        return {}
 
     @abstractmethod
-    def _absorb(self, index: int, products: Tensor) -> dict[str, float]:
-        """Update the small host state with row ``index``'s summed products (float64) and return its scalars."""
+    def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:
+        """Update the small host state with ``row`` and this analysis's ``products`` of it (float64, summed over
+        ranks) and return the row's scalars."""
 
     def custom_scalar_charts(self) -> dict[str, list]:
         """TensorBoard multiline charts, ``{title: ["Multiline", [tags]]}``."""
@@ -62,13 +181,18 @@ class RowAnalysis(Callback, ABC):
 
     # ---------------------------------------------------------------- wiring
     def bind(self, recorder: UpdateRecorder, trainer: Optional["pl.Trainer"] = None) -> None:
-        """Listen to ``recorder``'s rows; with a trainer, rows are labelled by trainer.global_step."""
+        """Read ``recorder``'s Gram window and rows; with a trainer, rows are labelled by trainer.global_step."""
         if self.top_k > recorder.window:
             raise ConfigurationError(
                 f"{type(self).__name__}(top_k={self.top_k}) exceeds UpdateRecorder(window={recorder.window}): "
                 "lower top_k or raise window"
             )
         self._recorder, self._trainer = recorder, trainer
+        self._window = GramWindow.of(recorder)
+        self._window.subscribe(self)
+        if self._restored_window is not None:
+            self._window.load_state_dict(self._restored_window)
+            self._restored_window = None
         recorder.add_row_listener(self._on_row)
 
     def _on_row(self, event: RowEvent) -> None:
@@ -77,20 +201,25 @@ class RowAnalysis(Callback, ABC):
                 f"{type(self).__name__} has seen {self._rows_seen + len(self._pending)} rows but the UpdateRecorder "
                 f"is at row {event.index}: restore both from the same checkpoint"
             )
-        products = self._recorder.all_reduce(self._row_products(event))
-        self._pending.append((event.index, event.steps, products))
+        products = self.row_products(event)
+        self._pending.append((event.index, reduce_products(self._recorder, products) if products else {}))
+
+    def _absorb_row(self, row: WindowRow) -> None:
+        """Called by the window, in row order: this analysis's scalars of ``row``, labelled by its global step."""
+        if not self._pending or self._pending[0][0] > row.index:
+            return  # a row completed before this analysis was bound
+        index, products = self._pending.popleft()
+        metrics = self.absorb(row, to_host(products))
+        self._rows_seen = index + 1
+        step = row.steps
+        if self._trainer is not None:  # the recorder's step count can lag global_step (AMP skips, late attach)
+            step = self._trainer.global_step - (self._recorder.steps_done - row.steps)
+        self._unpublished.append((step, metrics))
+        self._latest, self._last_step = metrics, step
 
     def _process(self) -> None:
-        while self._pending:
-            index, steps, products = self._pending.pop(0)
-            metrics = self._absorb(index, products.detach().to("cpu", torch.float64))
-            self._rows_seen = index + 1
-            step = steps
-            if self._trainer is not None:  # the recorder's step count can lag global_step (AMP skips, late attach)
-                step = self._trainer.global_step - (self._recorder.steps_done - steps)
-            self._unpublished.append((step, metrics))
-            self._latest, self._last_step = metrics, step
-
+        if self._window is not None:
+            self._window.process()
     @property
     def latest(self) -> dict[str, float]:
         """Scalars of the latest completed row (the logged names, e.g. ``edge/sigma_1``)."""
@@ -162,7 +291,9 @@ class RowAnalysis(Callback, ABC):
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
         self._process()
+        window = self._window.state_dict() if self._window is not None else self._restored_window
         return {
+            "window": window,
             "rows_seen": self._rows_seen,
             "unpublished": list(self._unpublished),
             "history": list(self._history),
@@ -173,7 +304,11 @@ class RowAnalysis(Callback, ABC):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = []
+        self._pending = deque()
+        self._restored_window = state_dict["window"]
+        if self._window is not None and self._restored_window is not None:
+            self._window.load_state_dict(self._restored_window)
+            self._restored_window = None
         self._rows_seen = state_dict["rows_seen"]
         self._unpublished = list(state_dict["unpublished"])
         self._history = list(state_dict["history"])

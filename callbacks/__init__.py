@@ -4,17 +4,20 @@ They know nothing of Dyck or SCAN: any LightningModule trained by a torch optimi
 """
 from callbacks.ablation_callback import AblationCallback
 from callbacks.edge_decomposer import EdgeDecomposer
+from callbacks.errors import ConfigurationError, LitGrokError, NonFiniteError
 from callbacks.fourier_attention_callback import FourierAttentionCallback
 from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
 from callbacks.grok_detector import GrokDetector
+from callbacks.interrupt_checkpoint import InterruptCheckpoint
 from callbacks.perturbation_callback import PerturbationCallback
 from callbacks.probe_callback import ProbeCallback
+from callbacks.rng_states import RNGStates
 from callbacks.schedule import RunSchedule, ScheduledCallback
 from callbacks.update_recorder import UpdateRecorder
 from callbacks.weight_decay_schedule import WeightDecaySchedule
 
 __all__ = [
-    "AblationCallback", "DirectionUnavailable", "EdgeDecomposer", "FourierAttentionCallback", "GramSpectrum",
-    "GrokDetector", "PerturbationCallback", "ProbeCallback", "RunSchedule", "ScheduledCallback", "UpdateRecorder",
-    "WeightDecaySchedule",
+    "AblationCallback", "ConfigurationError", "DirectionUnavailable", "EdgeDecomposer", "FourierAttentionCallback",
+    "GramSpectrum", "GrokDetector", "InterruptCheckpoint", "LitGrokError", "NonFiniteError", "PerturbationCallback",
+    "ProbeCallback", "RNGStates", "RunSchedule", "ScheduledCallback", "UpdateRecorder", "WeightDecaySchedule",
 ]

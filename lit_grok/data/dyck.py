@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import random
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import eval_loader, random_batch_loader
+from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 
 OPEN, CLOSE, PAD = 0, 1, 2
 VOCAB_SIZE = 3
@@ -69,7 +68,7 @@ def make_dyck_split(
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
 
 
-class DyckDataModule(pl.LightningDataModule):
+class DyckDataModule(TrainBatchesDataModule):
     """Dyck-1 data: bootstrap training batches, validation on [full test set, full training set].
 
     Args:
@@ -104,9 +103,7 @@ class DyckDataModule(pl.LightningDataModule):
         (self.x_train, self.y_train), (self.x_test, self.y_test) = make_dyck_split(
             n_total, n_train, max_pairs, ctx_len, data_seed
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return random_batch_loader((self.x_train, self.y_train), self.hparams.batch_size)
+        self.train_batches = RandomBatches((self.x_train, self.y_train), batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         size = self.hparams.eval_batch_size

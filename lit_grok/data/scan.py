@@ -10,12 +10,11 @@ import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import eval_loader, random_batch_loader
+from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 from lit_grok.data.scan_grammar import SPLITS, Pair, make_split
 
 PAD, SOS, EOS = 0, 1, 2
@@ -108,7 +107,7 @@ def build_vocab(sequences: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*SPECIAL_TOKENS, *tokens]))
 
 
-class ScanDataModule(L.LightningDataModule):
+class ScanDataModule(TrainBatchesDataModule):
     """SCAN command -> action pairs for an encoder-decoder: a fixed training subset sampled with
     replacement each step, evaluated teacher-forced on a fixed test subset and on the training subset.
 
@@ -173,6 +172,7 @@ class ScanDataModule(L.LightningDataModule):
         self.train_data = self.encode(self.train_pairs)
         self.test_data = self.encode(test)
         self.test_eval_data = tuple(t[self.test_eval_indices] for t in self.test_data)
+        self.train_batches = RandomBatches(self.train_data, batch_size)
 
     @property
     def src_vocab_size(self) -> int:
@@ -198,9 +198,6 @@ class ScanDataModule(L.LightningDataModule):
             tgt_out += act + [EOS] + [IGNORE_INDEX] * (T - 1 - len(act))
         n = len(pairs)
         return (torch.tensor(src).view(n, S), torch.tensor(tgt_in).view(n, T), torch.tensor(tgt_out).view(n, T))
-
-    def train_dataloader(self) -> DataLoader:
-        return random_batch_loader(self.train_data, self.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         """[test-eval subset, training subset]: dataloader_idx 0 is the test metric that defines grokking."""

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from callbacks.errors import ConfigurationError
 from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 
 OPEN, CLOSE, PAD = 0, 1, 2
@@ -93,11 +94,11 @@ class DyckDataModule(TrainBatchesDataModule):
     ) -> None:
         super().__init__()
         if not 0 < n_train < n_total:
-            raise ValueError(f"data.n_train must be in (0, n_total={n_total}), got {n_train}")
+            raise ConfigurationError(f"data.n_train must be in (0, n_total={n_total}), got {n_train}")
         if max_pairs < 1 or ctx_len < 2:
-            raise ValueError(f"data.max_pairs must be >= 1 and data.ctx_len >= 2, got {max_pairs}, {ctx_len}")
+            raise ConfigurationError(f"data.max_pairs must be >= 1 and data.ctx_len >= 2, got {max_pairs}, {ctx_len}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise ConfigurationError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
         self.save_hyperparameters()
         self.n_classes = max_pairs + 1
         (self.x_train, self.y_train), (self.x_test, self.y_test) = make_dyck_split(

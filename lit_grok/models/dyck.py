@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from callbacks.errors import ConfigurationError
 from callbacks.protocols import ProbeTarget, sequence_keys
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
@@ -49,7 +50,7 @@ class DyckTransformer(GrokModule):
     ) -> None:
         super().__init__(lr, weight_decay, betas, eps)
         if d_model % n_heads:
-            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+            raise ConfigurationError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
         self.save_hyperparameters()
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_len, d_model)

@@ -10,11 +10,13 @@ from callbacks.edge_decomposer import EdgeDecomposer
 from callbacks.fourier_attention_callback import FourierAttentionCallback
 from callbacks.gram_spectrum import GramSpectrum
 from callbacks.grok_detector import GrokDetector
+from callbacks.interrupt_checkpoint import InterruptCheckpoint
 from callbacks.perturbation_callback import PerturbationCallback
 from callbacks.probe_callback import ProbeCallback
+from callbacks.rng_states import RNGStates
 from callbacks.update_recorder import RowEvent, UpdateRecorder
 from callbacks.utils.causal import EdgeTestCallback
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError
+from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
 from callbacks.utils.protocols import (
     DirectionSource, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget, sequence_keys,
 )
@@ -25,10 +27,10 @@ from callbacks.weight_decay_schedule import WeightDecaySchedule
 __all__ = [
     # the public callbacks
     "AblationCallback", "EdgeDecomposer", "FourierAttentionCallback", "GramSpectrum", "GrokDetector",
-    "PerturbationCallback", "ProbeCallback", "UpdateRecorder", "WeightDecaySchedule",
+    "InterruptCheckpoint", "PerturbationCallback", "ProbeCallback", "RNGStates", "UpdateRecorder", "WeightDecaySchedule",
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
     "EdgeTestCallback", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback",
     "DirectionSource", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
     # errors
-    "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError",
+    "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
 ]

@@ -1,7 +1,8 @@
 """Record each optimizer step's update Δθ of selected parameters, split exactly into decay and gradient parts.
 
 Hooks torch's own ``optimizer.step`` (pre: snapshot θ_{s−1}; post: Δθ and the decay term the optimizer
-applied), sums ``interval`` steps into a row and keeps the last ``window`` rows for the spectral callbacks.
+applied, from the lr / ω of its live param groups), sums ``interval`` steps into a row and keeps the last
+``window`` rows for the spectral callbacks.
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
 
-from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.errors import ConfigurationError, NonFiniteError
 from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
 from callbacks.utils.trainer import find
 
 SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
+LOW_PRECISION = {torch.bfloat16: "bf16-true", torch.float16: "16-true"}  # parameter dtype -> Lightning precision
 
 
 @dataclass
@@ -42,7 +44,7 @@ class _Track:
 
     name: str
     param: Tensor
-    group: dict
+    group: int  # index into optimizer.param_groups: load_state_dict replaces the group dicts, never their order
     prev: Tensor  # θ_{s−1}, then −Δθ_s inside the post-hook
     total: Tensor
     wd: Tensor
@@ -59,12 +61,46 @@ def _decay_kind(optimizer: Optimizer, group: dict) -> str:
     return "unsupported"
 
 
+def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Optional[str]:
+    """Why the decay part of this group's steps on ``dtype`` parameters cannot be split exactly (None: it can)."""
+    wd, name = group.get("weight_decay", 0), type(optimizer).__name__
+    if wd == 0:
+        return None
+    kind = _decay_kind(optimizer, group)
+    if kind == "unsupported":
+        return (
+            f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): "
+            f"supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
+        )
+    if dtype not in LOW_PRECISION:
+        return None
+    where = f"{str(dtype).removeprefix('torch.')} parameters (precision={LOW_PRECISION[dtype]!r})"
+    if kind == "sgd":  # d_p = g + ωθ is rounded (and enters the momentum buffer) before anything is observable
+        return (
+            f"UpdateRecorder cannot measure the weight decay SGD(weight_decay={wd}) on {where} applies: it is "
+            "rounded together with the gradient; use fp32 parameters (e.g. precision='bf16-mixed'), AdamW, or "
+            "weight_decay=0"
+        )
+    if group.get("fused"):  # one kernel rounds θ(1 − ηω) − η·step once
+        return (
+            f"UpdateRecorder cannot measure the weight decay fused {name} applies to {where}: the fused kernel "
+            "rounds it together with the gradient step; use fused=False"
+        )
+    return None
+
+
 def _axpy(acc: Tensor, x: Tensor, coef: Any) -> None:
     """acc += coef · x, with coef a float or a (possibly device) scalar tensor, without host sync."""
     if isinstance(coef, Tensor):
         acc.add_(x * coef)
     else:
         acc.add_(x, alpha=coef)
+
+
+def _check_decay(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> None:
+    problem = _decay_problem(optimizer, group, dtype)
+    if problem is not None:
+        raise ConfigurationError(problem)
 
 
 def _to_cpu(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -87,6 +123,11 @@ class UpdateRecorder(Callback):
 
     With SGD momentum, attach before the first step (or resume from a checkpoint holding this callback):
     the decay part of a momentum buffer that predates the recorder is unknown and taken as zero.
+
+    Hyperparameters are read from the optimizer's param groups at every step, so schedulers, a restored
+    optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
+    (``precision="bf16-true"``) the decay part is the rounded decay AdamW applied (zero when θ·(1 − ηω)
+    rounds back to θ); SGD's coupled decay and fused AdamW cannot be measured there and are refused.
     """
 
     def __init__(
@@ -174,8 +215,8 @@ class UpdateRecorder(Callback):
         self.detach()
         selection = select_parameters(module, self.params)
         optimizer, groups = self._owner(selection, [getattr(o, "_optimizer", o) for o in optimizers])
-        for group in groups:
-            self._check_decay(optimizer, group)
+        for p, i in zip(selection.params, groups):
+            _check_decay(optimizer, optimizer.param_groups[i], p.dtype)
         self._is_sharded = self.sharded if self.sharded is not None else any(
             hasattr(p, "to_local") for p in selection.params
         )
@@ -196,12 +237,13 @@ class UpdateRecorder(Callback):
             h.remove()
         self._handles = []
 
-    def _owner(self, selection: Selection, optimizers: list[Optimizer]) -> tuple[Optimizer, list[dict]]:
+    def _owner(self, selection: Selection, optimizers: list[Optimizer]) -> tuple[Optimizer, list[int]]:
+        """The optimizer training the selection, and the index of each selected parameter's param group."""
         where = {}
         for opt in optimizers:
-            for group in opt.param_groups:
+            for i, group in enumerate(opt.param_groups):
                 for p in group["params"]:
-                    where[id(p)] = (opt, group)
+                    where[id(p)] = (opt, i)
         missing = [n for n, p in zip(selection.names, selection.params) if id(p) not in where]
         if missing:
             raise ConfigurationError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
@@ -209,13 +251,6 @@ class UpdateRecorder(Callback):
         if len(owners) > 1:
             raise ConfigurationError("the selected parameters span several optimizers: select parameters of one optimizer")
         return where[id(selection.params[0])][0], [where[id(p)][1] for p in selection.params]
-
-    def _check_decay(self, optimizer: Optimizer, group: dict) -> None:
-        if group.get("weight_decay", 0) != 0 and _decay_kind(optimizer, group) == "unsupported":
-            raise ConfigurationError(
-                f"UpdateRecorder cannot split the weight decay of {type(optimizer).__name__}"
-                f"(weight_decay={group['weight_decay']}): supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
-            )
 
     def _allocate(self, selection: Selection) -> None:
         p0 = selection.params[0]
@@ -231,17 +266,17 @@ class UpdateRecorder(Callback):
         self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
 
-    def _make_tracks(self, groups: list[dict], momentum: bool) -> None:
+    def _make_tracks(self, groups: list[int], momentum: bool) -> None:
         if momentum and self._shadow is None:
             self._shadow = torch.zeros_like(self._prev)
         self._tracks = []
-        for block, p, group in zip(self.selection.blocks, self.selection.params, groups):
+        for block, p, group_index in zip(self.selection.blocks, self.selection.params, groups):
             cut = slice(block.offset, block.offset + block.numel)
             self._tracks.append(
                 _Track(
                     name=block.name,
                     param=p,
-                    group=group,
+                    group=group_index,
                     prev=self._prev[cut],
                     total=self._acc_total[cut],
                     wd=self._acc_wd[cut],
@@ -274,9 +309,13 @@ class UpdateRecorder(Callback):
             self._complete_row()
 
     def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
-        """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the group's lr, ω now) to t.wd."""
-        group = t.group
+        """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the live group's lr, ω now) to t.wd.
+
+        Parameters stored in bf16 / fp16 get the decay the optimizer applied, its rounded θ·(1 − ηω) − θ.
+        """
+        group = optimizer.param_groups[t.group]
         lr, wd = group["lr"], group.get("weight_decay", 0)
+        _check_decay(optimizer, group, t.param.dtype)  # ω may have been switched on since attach
         kind = _decay_kind(optimizer, group)
         if kind == "sgd" and group["momentum"] != 0:
             mu, damp = group["momentum"], group["dampening"]
@@ -293,9 +332,11 @@ class UpdateRecorder(Callback):
             return
         if wd == 0:
             return
-        if kind == "unsupported":
-            self._check_decay(optimizer, group)
-        _axpy(t.wd, t.prev, -lr * wd)
+        if t.param.dtype in LOW_PRECISION:  # torch's Adam: param.mul_(1 - lr * weight_decay), in the param's dtype
+            applied = t.prev.to(t.param.dtype).mul_(1 - lr * wd)  # [numel]
+            t.wd.add_(applied.to(t.wd.dtype).sub_(t.prev))  # the difference of two nearby bf16 values is exact
+        else:
+            _axpy(t.wd, t.prev, -lr * wd)
 
     # ---------------------------------------------------------------- row completion (one sync per row)
     def _complete_row(self) -> None:
@@ -329,7 +370,7 @@ class UpdateRecorder(Callback):
         ]
         where = f"parameter {bad[0]!r}" if bad else "a parameter sharded on another rank"
         if self.on_nonfinite == "error":
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"non-finite update of {where} at {steps}: lower the learning rate or use on_nonfinite='skip'"
             )
         self.rows_skipped += 1

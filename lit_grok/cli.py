@@ -1,41 +1,39 @@
 """The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export`` and ``report``.
 
-A configuration mistake caught by lit-grok's own validation is reported as one line naming the fix;
-any other failure keeps its full traceback.
+A mistake in what was asked for (``callbacks.LitGrokError``: a bad setting, input file or checkpoint) is
+reported as one line naming the fix; any other failure is a bug and keeps its full traceback.
 """
 from __future__ import annotations
 
+import os
+import re
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+import jsonargparse
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
-OUR_CODE = tuple(str(Path(__file__).resolve().parents[1] / pkg) for pkg in ("lit_grok", "callbacks"))
+from callbacks import ConfigurationError, LitGrokError
 
-
-def innermost(exc: BaseException) -> BaseException:
-    """The exception at the root of a chain (jsonargparse wraps errors raised by constructors)."""
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
-def raised_by_our_validation(exc: BaseException) -> bool:
-    frames = traceback.extract_tb(exc.__traceback__)
-    return bool(frames) and frames[-1].filename.startswith(OUR_CODE) and isinstance(
-        exc, (ValueError, TypeError, KeyError, FileNotFoundError)
-    )
+CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.ARG VALUE sets one argument
+    "grok", "recorder", "spectrum", "decomposer", "ablation", "perturbation", "probes", "probes_raw", "fourier",
+    "fourier_encoder", "fourier_decoder", "wd_schedule", "checkpoints", "last_checkpoint", "interrupt", "rng",
+)
+JSONARGPARSE = Path(jsonargparse.__file__).parent
+HPARAMS_IGNORED = ("_instantiator", "_class_path")  # written by LightningCLI beside the real hyperparameters
 
 
 class LitGrokCLI(LightningCLI):
-    """LightningCLI plus a top-level ``threads``: torch's CPU threads, set before anything is built.
+    """LightningCLI plus ``threads`` (torch's CPU threads, set before anything is built), named ``callbacks``
+    (``--callbacks.recorder.window 3`` sets one argument of one callback) and checks of ``--ckpt_path``.
 
     The order of floating-point reductions depends on the thread count, and so does the late trajectory
-    of a CPU run (spec §14.1); the Dyck configs pin 1 thread, the setting of the paper's numbers.
+    of a CPU run; the Dyck configs pin 1 thread, the setting of the paper's numbers.
     """
 
     def __init__(self, args: list[str] | None = None, **kwargs: Any) -> None:
@@ -46,14 +44,123 @@ class LitGrokCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=Optional[int], default=None,
                             help="torch intra-op CPU threads (default: torch's own choice)")
+        for name in CALLBACK_NAMES:
+            parser.add_lightning_class_args(Callback, f"callbacks.{name}", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:
-        threads = (self.config[self.subcommand] if self.subcommand else self.config).get("threads")
-        if threads is None:
-            return
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1 (or null for torch's default), got {threads}")
-        torch.set_num_threads(threads)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        threads = config.get("threads")
+        if threads is not None:
+            if threads < 1:
+                raise ConfigurationError(f"threads must be >= 1 (or null for torch's default), got {threads}")
+            torch.set_num_threads(threads)
+        max_steps = config.get("trainer", {}).get("max_steps")
+        if max_steps is not None and max_steps < -1:
+            raise ConfigurationError(f"trainer.max_steps must be >= 0 (or -1: no limit), got {max_steps}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        named = self._get(self.config_init, "callbacks") or {}
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, [cb for cb in named.values() if cb is not None])
+
+    def before_fit(self) -> None:
+        check_log_dir(self.trainer)
+        if self.config_init.fit.ckpt_path == "last":
+            self.config_init.fit.ckpt_path = str(resume_latest_run(self.trainer))
+        self._check_checkpoint("fit")
+
+    def before_validate(self) -> None:
+        self._check_checkpoint("validate")
+
+    def before_test(self) -> None:
+        self._check_checkpoint("test")
+
+    def _check_checkpoint(self, subcommand: str) -> None:
+        path = self.config_init[subcommand].ckpt_path
+        if path not in (None, "best", "last", "hpc", "registry"):
+            check_checkpoint(path, self.model, self.datamodule)
+
+
+def check_log_dir(trainer: pl.Trainer) -> None:
+    """The logger's folder can be written, or one line naming the option that sets it."""
+    logger = trainer.logger
+    root = getattr(logger, "root_dir", None) if logger is not None else trainer.default_root_dir
+    if root is None:
+        return
+    try:
+        os.makedirs(root, exist_ok=True)
+        writable = os.access(root, os.W_OK | os.X_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise ConfigurationError(f"cannot write the run's logs under {root}: choose a writable "
+                                 "--trainer.logger.init_args.save_dir (or run from a writable folder)")
+
+
+def resume_latest_run(trainer: pl.Trainer) -> Path:
+    """``--ckpt_path last``: the newest run folder of this config's logger that holds ``checkpoints/last.ckpt``;
+    the logger is pointed at that folder, so the resumed run logs and checkpoints where it left off."""
+    logger = trainer.logger
+    if logger is None or not hasattr(logger, "_version") or not getattr(logger, "root_dir", None):
+        raise ConfigurationError("--ckpt_path last needs a TensorBoardLogger or CSVLogger (it finds the run by the "
+                                 "logger's save_dir / name); otherwise pass the checkpoint's path")
+    root = Path(logger.root_dir)
+    versions = sorted(
+        (int(m.group(1)), d) for d in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))
+    )
+    resumable = [(n, d) for n, d in versions if (d / "checkpoints" / "last.ckpt").is_file()]
+    if not resumable:
+        raise ConfigurationError(f"--ckpt_path last: no run under {root} holds checkpoints/last.ckpt; start without "
+                                 "--ckpt_path, or pass a checkpoint's path")
+    number, folder = resumable[-1]
+    logger._version = number  # before anything asks the logger for its folder
+    return folder / "checkpoints" / "last.ckpt"
+
+
+def check_checkpoint(path: str | Path, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule]) -> None:
+    """The checkpoint is readable and was made by the configured model and data with the same hyperparameters.
+
+    Lightning restores weights, optimizer and callback states from it, so a value of the config that
+    differs would otherwise be overridden silently (weight decay by the restored optimizer, for instance).
+    """
+    if not Path(path).is_file():
+        raise ConfigurationError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it means the same thing
+        raise ConfigurationError(f"--ckpt_path {path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+                                 "pass a .ckpt written by lit-grok fit") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigurationError(f"--ckpt_path {path} holds no Lightning checkpoint; pass a .ckpt written by lit-grok fit")
+    saved_model = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    wanted_model = f"{type(model).__module__}.{type(model).__qualname__}"
+    if saved_model and saved_model != wanted_model:
+        raise ConfigurationError(f"--ckpt_path {path} was trained as {saved_model} but the config builds {wanted_model}: "
+                                 "use the config the checkpoint was made with")
+    pairs = [("model", checkpoint.get("hyper_parameters", {}), model.hparams)]
+    if datamodule is not None:
+        pairs.append(("data", checkpoint.get("datamodule_hyper_parameters", {}), datamodule.hparams))
+    for section, saved, configured in pairs:
+        for key in sorted(set(saved) | set(configured)):
+            if key in HPARAMS_IGNORED or key not in saved or key not in configured:
+                continue
+            if not same_value(saved[key], configured[key]):
+                raise ConfigurationError(
+                    f"--ckpt_path {path} was trained with {section}.{key}={saved[key]!r} but the config asks "
+                    f"{configured[key]!r}: resume with the checkpoint's value{change_hint(section, key)}"
+                )
+
+
+def same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def change_hint(section: str, key: str) -> str:
+    if section == "model" and key == "weight_decay":
+        return "; to change it after resuming use callbacks.WeightDecaySchedule (milestones: {STEP: VALUE})"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,13 +177,29 @@ def main(argv: list[str] | None = None) -> None:
             report_main(args[1:])
             return
         LitGrokCLI(args=argv)
-    except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is our own validation error
-        root = innermost(exc)
-        if not raised_by_our_validation(root):
+    except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is one of our own errors
+        ours = our_error(exc)
+        if ours is None:
             raise
-        message = root.args[0] if isinstance(root, KeyError) and root.args else root
-        print(f"lit-grok: error: {message}", file=sys.stderr)
-        sys.exit(2)
+        print(f"lit-grok: error: {ours}", file=sys.stderr)
+        sys.exit(getattr(ours, "exit_code", 2))
+
+
+def our_error(exc: Optional[BaseException]) -> Optional[LitGrokError]:
+    """The LitGrokError behind ``exc``: itself, or the one jsonargparse wrapped (it re-raises a constructor's
+    error as a ValueError of its own); None for anything else, which is a bug to show in full."""
+    while exc is not None:
+        if isinstance(exc, LitGrokError):
+            return exc
+        if not raised_by_jsonargparse(exc):
+            return None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def raised_by_jsonargparse(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).is_relative_to(JSONARGPARSE)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from callbacks import ConfigurationError
+
 PANELS = (
     ("task accuracy", ("val/acc", "val/seq_acc", "val/greedy_acc", "train_eval/acc")),
     ("σ_k of the update window", tuple(f"edge/sigma_{k}" for k in range(1, 6))),
@@ -20,16 +22,35 @@ PANELS = (
 )
 
 
+def find_runs(path: str | Path) -> list[Path]:
+    """The run folders at or under ``path``: folders that hold TensorBoard event files themselves."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigurationError(f"{path} is not a folder; pass a run folder such as logs/dyck/version_0")
+    runs = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+    if not runs:
+        raise ConfigurationError(f"no TensorBoard event files under {path}; pass a run folder such as logs/dyck/version_0")
+    return runs
+
+
 def read_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """tag -> (steps [n], values [n]) for every scalar under ``run_dir`` (all event files merged)."""
-    if not any(Path(run_dir).rglob("events.out.tfevents.*")):
-        raise FileNotFoundError(f"no TensorBoard event files under {run_dir}; pass a run folder such as logs/dyck/version_0")
+    """tag -> (steps [n], values [n]) for every scalar of one run folder (all its event files, in order).
+
+    A run resumed into its own folder logs again the steps after its checkpoint: as TensorBoard does for
+    a restart, a value logged at a step at or before one already seen replaces the values from there on.
+    """
+    if not any(Path(run_dir).glob("events.out.tfevents.*")):
+        raise ConfigurationError(f"no TensorBoard event files in {run_dir}; pass a run folder such as logs/dyck/version_0")
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
     out = {}
     for tag in acc.Tags()["scalars"]:
-        events = acc.Scalars(tag)
-        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+        kept: list[tuple[int, float]] = []
+        for event in acc.Scalars(tag):
+            while kept and kept[-1][0] >= event.step:
+                kept.pop()
+            kept.append((event.step, event.value))
+        out[tag] = (np.array([s for s, _ in kept]), np.array([v for _, v in kept]))
     return out
 
 
@@ -102,7 +123,7 @@ def lifecycle_figure(scalars: dict, out: Path) -> Path:
 
 def report_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lit-grok report", description=__doc__)
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders, e.g. logs/dyck/version_0")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (logs/dyck/version_0), or folders of runs (logs/dyck)")
     parser.add_argument("--steps", type=int, nargs="+", default=[300, 600, 1500, 4000], help="steps to tabulate")
     parser.add_argument(
         "--tags", nargs="+", default=["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
@@ -116,8 +137,18 @@ def report_main(argv: list[str] | None = None) -> None:
         parser.error(f"--window must be >= 0, got {args.window}")
     if args.figure and len(args.run_dirs) > 1:
         parser.error("--figure names one file; with several runs each figure goes to RUN_DIR/lifecycle.png")
-    for run_dir in args.run_dirs:
-        scalars = read_scalars(run_dir)
+    runs = [run for path in args.run_dirs for run in find_runs(path)]
+    if args.figure and len(runs) > 1:
+        parser.error(f"--figure names one file, but {args.run_dirs[0]} holds {len(runs)} runs")
+    if args.figure and not Path(args.figure).resolve().parent.is_dir():
+        raise ConfigurationError(f"--figure {args.figure}: folder {Path(args.figure).parent} does not exist; create it first")
+    all_scalars = [(run, read_scalars(run)) for run in runs]
+    known = set().union(*(scalars for _, scalars in all_scalars))
+    unknown = [tag for tag in args.tags if tag not in known]
+    if unknown:
+        raise ConfigurationError(f"--tags {' '.join(unknown)}: not logged by {'this run' if len(runs) == 1 else 'these runs'}; "
+                                 f"logged tags: {' '.join(sorted(known))}")
+    for run_dir, scalars in all_scalars:
         print(f"== {run_dir}")
         print(summary(scalars, args.steps, args.tags, args.window))
         figure = lifecycle_figure(scalars, Path(args.figure or Path(run_dir) / "lifecycle.png"))

@@ -1,9 +1,15 @@
 """Two gloo CPU processes: DDP (replicated θ) and a parameter vector sharded in halves give the
-single-process rows, spectra and grad% — the sharded case through one all-reduce of w×w products."""
+single-process rows, spectra and grad% — the sharded case through one all-reduce of w×w products.
+
+The workers are spawned, never forked (a fork after torch's thread pools exist can deadlock), and a
+deadline kills them and fails the test instead of letting a hung worker stall the run."""
 import os
 import socket
+import time
+from datetime import timedelta
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -15,6 +21,8 @@ from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, make_loader
 
 STEPS, FULL = 6, 40
+DEADLINE_S = 90  # each spawned worker re-imports lightning (~6 s alone, ~15 s for two on two cores)
+COLLECTIVE_TIMEOUT = timedelta(seconds=30)  # gloo gives up on a peer that never answers
 
 
 def _ddp_run(model, x, y, log_zero=True):
@@ -64,7 +72,7 @@ def _sharded_run(lo, hi, sharded):
 
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y = next(iter(make_loader(16, 16)))
@@ -85,9 +93,36 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _join_within(context, seconds):
+    """Wait for every worker (a worker's failure is re-raised); past ``seconds``, kill them all and fail."""
+    deadline = time.monotonic() + seconds
+    try:
+        while not context.join(timeout=max(0.0, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"distributed workers still running after {seconds} s (hung?): killed them")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+
+
+def _hang(rank):
+    time.sleep(3600)
+
+
+def test_a_hung_worker_fails_at_the_deadline():
+    context = mp.start_processes(_hang, nprocs=2, join=False, start_method="spawn")
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match="still running after 2 s"):
+        _join_within(context, 2)
+    assert time.monotonic() - start < 10
+    assert not any(p.is_alive() for p in context.processes)
+
+
 def test_ddp_and_sharded_match_single_process(tmp_path):
-    # fork: the children inherit the imported modules (spawning would re-import lightning, ~10 s each)
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    args = (2, _free_port(), str(tmp_path))
+    _join_within(mp.start_processes(_worker, args=args, nprocs=2, join=False, start_method="spawn"), DEADLINE_S)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
     torch.manual_seed(0)

@@ -90,3 +90,20 @@ def test_theta_cosines():
     v = (u / sigma).T @ x
     got = theta_cosines(x @ theta, u, sigma, float(theta.norm()))
     torch.testing.assert_close(got, (v @ theta).abs() / theta.norm(), rtol=1e-10, atol=0)
+
+
+def test_rotation_v1_without_a_partner_is_nan():
+    """Rows (5b₁, 0, 2b₂) then (0, 2b₂, 0): the current window's only mode b₂ is the old v₂'s partner,
+    so the old v₁ has none — NaN, never a KeyError; with two modes it is matched again."""
+    b = torch.linalg.qr(_rows(3, p=20, seed=6).T)[0].T
+    zero = torch.zeros_like(b[0])
+    x_prev, x_cur = torch.stack([5 * b[0], zero, 2 * b[1]]), torch.stack([zero, 2 * b[1], zero])
+    s_p, u_p = window_spectrum(x_prev @ x_prev.T)
+    s_c, u_c = window_spectrum(x_cur @ x_cur.T)
+    o = mode_overlaps(u_p[:, :2], s_p[:2], x_prev @ x_cur.T, u_c[:, :1], s_c[:1])  # usable modes: 2 then 1
+    torch.testing.assert_close(o.abs(), torch.tensor([[0.0], [1.0]], dtype=torch.float64), rtol=0, atol=1e-12)
+    angles = rotation_angles(o)
+    assert math.isnan(angles["rotation_v1_deg"]) and "rotation_span12_deg" not in angles
+    assert math.isnan(rotation_angles(torch.zeros(2, 0, dtype=torch.float64))["rotation_v1_deg"])
+    back = rotation_angles(torch.tensor([[0.2, -0.9], [0.8, 0.1]], dtype=torch.float64))
+    assert back["rotation_v1_deg"] == pytest.approx(math.degrees(math.acos(0.9)), rel=1e-12)

@@ -1,4 +1,5 @@
 """GramSpectrum against the brute force of tests/oracle.py, and its public API for other callbacks."""
+import math
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -6,9 +7,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
 
 from callbacks import DirectionUnavailable, EdgeDecomposer, GramSpectrum, UpdateRecorder
-from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, brute_for_run, make_loader, run_fit
+from oracle import CLASSES, EMBED, ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, brute_for_run, make_loader
+from oracle import run_fit
 
 TWO_GROUPS_STEPLR = {
     "cls": torch.optim.AdamW,
@@ -123,3 +126,30 @@ def test_loggers_get_one_row_per_log_every_n_steps_and_latest_every_row(tmp_path
     assert sorted(logger.by_step) == [1, 5, 10]  # the first row of each 5-step span
     assert sorted(s for s, m in logger.by_step.items() if "edge/sigma_1" in m) == [5, 10]  # w >= 2 from step 2
     assert spectrum.last_step == 12 and "edge/sigma_1" in spectrum.latest
+
+
+class AlternateHeads(TinyAttention):
+    """A two-task toy: ``head_b`` answers on odd steps only, so on even steps it gets no gradient at all."""
+
+    def __init__(self, optim, manual_steps=0):
+        super().__init__(optim, manual_steps)
+        self.head_b = nn.Linear(EMBED, CLASSES).double()
+
+    def forward(self, x):
+        h = x + self.attn_a(x, x, x, need_weights=False)[0]
+        h = h + self.attn_b(h, h, h, need_weights=False)[0]
+        return (self.head_b if self.global_step % 2 else self.head)(torch.tanh(h).mean(1))
+
+
+def test_rows_without_gradient_leave_v1_unmatched_not_a_crash(tmp_path):
+    """head_b's rows alternate update / exactly 0: a window ending in a zero row has one mode fewer than the
+    previous one, and when that mode is the old v₂'s partner the old v₁ has none (NaN); the run goes on."""
+    sgd = {"cls": torch.optim.SGD, "kwargs": {"lr": 2.0, "weight_decay": 0.1}}
+    rec = UpdateRecorder(params=["head_b.*"], interval=1, window=3)
+    analyses = (GramSpectrum(top_k=3), EdgeDecomposer(top_k=3))
+    model, snaps, log = run_fit(tmp_path, rec, sgd, steps=24, analyses=analyses, model_cls=AlternateHeads)
+    assert rec.steps_done == 24
+    assert [s["head_b.weight"] for s in snaps.stepped] == [bool(i % 2) for i in range(24)]
+    assert_metrics_close(log.by_step, brute_for_run(model, snaps, "sgd", 1, 3, 3, names=["head_b.bias", "head_b.weight"]))
+    rotation = [m["edge/rotation_v1_deg"] for m in log.by_step.values() if "edge/rotation_v1_deg" in m]
+    assert any(math.isnan(r) for r in rotation) and any(not math.isnan(r) for r in rotation)

@@ -58,7 +58,7 @@ def test_top_level_holds_only_public_callbacks_named_after_their_class():
         classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
                    if c.__module__ == name and issubclass(c, Callback) and not inspect.isabstract(c)]
         assert len(classes) == 1, f"{name} defines {classes}: one public callback per file"
-        snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in classes[0].__name__).lstrip("_")
+        snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", classes[0].__name__).lower()
         assert name.rsplit(".", 1)[1] == snake, f"{name} holds {classes[0].__name__}: name the file {snake}.py"
         assert getattr(callbacks, classes[0].__name__) is classes[0], f"{classes[0].__name__} is not exported"
 

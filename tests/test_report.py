@@ -4,6 +4,7 @@ import math
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from callbacks import ConfigurationError
 from lit_grok.cli import main
 from lit_grok.report import median_over, read_scalars, value_at
 
@@ -27,7 +28,7 @@ def test_report_reads_scalars_and_draws(tmp_path, capsys):
 
 
 def test_report_without_events_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+    with pytest.raises(ConfigurationError, match="no TensorBoard event files"):
         read_scalars(tmp_path)
 
 

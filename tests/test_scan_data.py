@@ -10,6 +10,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
+from callbacks import ConfigurationError
 from lit_grok.data.scan import (
     EOS, IGNORE_INDEX, PAD, SOS, ScanDataModule, export_split, load_split_files, scan_export_main,
 )
@@ -160,7 +161,7 @@ def test_cli_export(tmp_path, capsys):
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"tasks_train_length.txt not found.*scan-export --split length"):
+    with pytest.raises(ConfigurationError, match=r"tasks_train_length.txt not found.*scan-export --split length"):
         load_split_files(tmp_path, "length")
     write(tmp_path / "tasks_train_simple.txt", [("jump", "I_JUMP")])
     with open(tmp_path / "tasks_train_simple.txt", "a") as f:
@@ -273,7 +274,7 @@ def test_jsonargparse_signature():
     ({"eval_batch_size": -1}, ValueError, "eval_batch_size must be >= 1"),
     ({"n_train": 20000}, ValueError, "n_train=20000 exceeds the 16728 pairs of split 'simple'; lower n_train"),
     ({"n_test_eval": 5000}, ValueError, "n_test_eval=5000 exceeds the 4182 pairs"),
-    ({"data_dir": "/nonexistent/scan"}, FileNotFoundError, "scan-export --split simple --out /nonexistent/scan"),
+    ({"data_dir": "/nonexistent/scan"}, ConfigurationError, "scan-export --split simple --out /nonexistent/scan"),
 ])
 def test_datamodule_errors(kwargs, error, match):
     with pytest.raises(error, match=match):

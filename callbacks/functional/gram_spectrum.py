@@ -77,11 +77,15 @@ def mode_overlaps(u_prev: Tensor, s_prev: Tensor, cross: Tensor, u_cur: Tensor, 
 def rotation_angles(overlaps: Tensor) -> dict:
     """Angles (degrees) between consecutive windows from O [K_p, K_c]: v₁ against the current mode it is
     matched to (Hungarian assignment on |O|, sign-invariant), and the largest principal angle between
-    span(v₁, v₂) of both windows (when both have two directions)."""
+    span(v₁, v₂) of both windows (when both have two directions).
+
+    With fewer current modes than old ones (K_c < K_p) the old v₁ can be left without a partner: its
+    angle is then unavailable (NaN)."""
     o = overlaps.abs().numpy()
     rows, cols = linear_sum_assignment(-o)
     match = dict(zip(rows.tolist(), cols.tolist()))
-    out = {"rotation_v1_deg": math.degrees(math.acos(min(1.0, o[0, match[0]])))}
+    v1 = math.degrees(math.acos(min(1.0, o[0, match[0]]))) if 0 in match else math.nan
+    out = {"rotation_v1_deg": v1}
     if o.shape[0] >= 2 and o.shape[1] >= 2:
         cosines = torch.linalg.svdvals(overlaps[:2, :2])  # cosines of the principal angles
         out["rotation_span12_deg"] = math.degrees(math.acos(min(1.0, float(cosines.min()))))

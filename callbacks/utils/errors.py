@@ -18,5 +18,11 @@ class NonFiniteError(LitGrokError, FloatingPointError):
     """Training produced a non-finite loss or update; the message names the step and the fix."""
 
 
+class RunInterrupted(LitGrokError):
+    """The run stopped on a signal after writing its checkpoint; the message says where and how to resume."""
+
+    exit_code = 130  # what a shell reports for a program stopped by Ctrl-C
+
+
 class DirectionUnavailable(ValueError):
     """v_k does not exist in the current window (k > w, or σ_k = 0); results record it as unavailable."""

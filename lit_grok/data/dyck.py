@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import random
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import eval_loader, random_batch_loader
+from callbacks import ConfigurationError
+from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 
 OPEN, CLOSE, PAD = 0, 1, 2
 VOCAB_SIZE = 3
@@ -69,7 +69,7 @@ def make_dyck_split(
     return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
 
 
-class DyckDataModule(pl.LightningDataModule):
+class DyckDataModule(TrainBatchesDataModule):
     """Dyck-1 data: bootstrap training batches, validation on [full test set, full training set].
 
     Args:
@@ -94,19 +94,17 @@ class DyckDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if not 0 < n_train < n_total:
-            raise ValueError(f"data.n_train must be in (0, n_total={n_total}), got {n_train}")
+            raise ConfigurationError(f"data.n_train must be in (0, n_total={n_total}), got {n_train}")
         if max_pairs < 1 or ctx_len < 2:
-            raise ValueError(f"data.max_pairs must be >= 1 and data.ctx_len >= 2, got {max_pairs}, {ctx_len}")
+            raise ConfigurationError(f"data.max_pairs must be >= 1 and data.ctx_len >= 2, got {max_pairs}, {ctx_len}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
+            raise ConfigurationError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size}, {eval_batch_size}")
         self.save_hyperparameters()
         self.n_classes = max_pairs + 1
         (self.x_train, self.y_train), (self.x_test, self.y_test) = make_dyck_split(
             n_total, n_train, max_pairs, ctx_len, data_seed
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return random_batch_loader((self.x_train, self.y_train), self.hparams.batch_size)
+        self.train_batches = RandomBatches((self.x_train, self.y_train), batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         size = self.hparams.eval_batch_size

@@ -10,12 +10,12 @@ import random
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_grok.data.sampling import eval_loader, random_batch_loader
+from callbacks import ConfigurationError
+from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 from lit_grok.data.scan_grammar import SPLITS, Pair, make_split
 
 PAD, SOS, EOS = 0, 1, 2
@@ -37,7 +37,7 @@ OFFICIAL_FOLDERS = {"all": ".", "simple": "simple_split", "length": "length_spli
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown SCAN split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise ConfigurationError(f"unknown SCAN split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
 def write_pairs(path: Path, pairs: Iterable[Pair]) -> None:
@@ -55,7 +55,7 @@ def read_pairs(path: Path) -> list[Pair]:
                 continue
             command, sep, actions = line.removeprefix("IN: ").partition(" OUT: ")
             if not line.startswith("IN: ") or not sep or not command.strip() or not actions.strip():
-                raise ValueError(f"{path}:{lineno}: expected 'IN: <command> OUT: <actions>', got {line[:60]!r}")
+                raise ConfigurationError(f"{path}:{lineno}: expected 'IN: <command> OUT: <actions>', got {line[:60]!r}")
             pairs.append((" ".join(command.split()), " ".join(actions.split())))
     return pairs
 
@@ -64,6 +64,8 @@ def export_split(split: str, out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Write the generated ``split`` under its official file names in ``out_dir``; return the paths."""
     _check_split(split)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigurationError(f"--out {out} is a file; name a folder for the tasks_*.txt files")
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, pairs in zip(FILES[split], make_split(split, seed)):
@@ -83,7 +85,7 @@ def load_split_files(data_dir: str | Path, split: str) -> tuple[list[Pair], list
             continue
         flat, nested = Path(data_dir) / name, Path(data_dir) / OFFICIAL_FOLDERS[split] / name
         if not flat.is_file() and not nested.is_file():
-            raise FileNotFoundError(
+            raise ConfigurationError(
                 f"{flat} not found; write it with `lit-grok scan-export --split {split} --out {data_dir}`"
                 " or leave data_dir unset to generate SCAN in code"
             )
@@ -108,7 +110,7 @@ def build_vocab(sequences: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*SPECIAL_TOKENS, *tokens]))
 
 
-class ScanDataModule(L.LightningDataModule):
+class ScanDataModule(TrainBatchesDataModule):
     """SCAN command -> action pairs for an encoder-decoder: a fixed training subset sampled with
     replacement each step, evaluated teacher-forced on a fixed test subset and on the training subset.
 
@@ -145,17 +147,17 @@ class ScanDataModule(L.LightningDataModule):
         super().__init__()
         _check_split(split)
         if split == "all":
-            raise ValueError(f"split 'all' has no test set; choose one of {', '.join(SPLITS[1:])}")
+            raise ConfigurationError(f"split 'all' has no test set; choose one of {', '.join(SPLITS[1:])}")
         for name, value in (("n_train", n_train), ("n_test_eval", n_test_eval),
                             ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigurationError(f"{name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         train, test = make_split(split, split_seed) if data_dir is None else load_split_files(data_dir, split)
         for name, value, available in (("n_train", n_train, len(train)), ("n_test_eval", n_test_eval, len(test))):
             if value > available:
-                raise ValueError(f"{name}={value} exceeds the {available} pairs of split {split!r}; lower {name}")
+                raise ConfigurationError(f"{name}={value} exceeds the {available} pairs of split {split!r}; lower {name}")
 
         self.command_vocab = build_vocab(c for c, _ in train + test)  # id -> token
         self.action_vocab = build_vocab(a for _, a in train + test)
@@ -173,6 +175,7 @@ class ScanDataModule(L.LightningDataModule):
         self.train_data = self.encode(self.train_pairs)
         self.test_data = self.encode(test)
         self.test_eval_data = tuple(t[self.test_eval_indices] for t in self.test_data)
+        self.train_batches = RandomBatches(self.train_data, batch_size)
 
     @property
     def src_vocab_size(self) -> int:
@@ -198,9 +201,6 @@ class ScanDataModule(L.LightningDataModule):
             tgt_out += act + [EOS] + [IGNORE_INDEX] * (T - 1 - len(act))
         n = len(pairs)
         return (torch.tensor(src).view(n, S), torch.tensor(tgt_in).view(n, T), torch.tensor(tgt_out).view(n, T))
-
-    def train_dataloader(self) -> DataLoader:
-        return random_batch_loader(self.train_data, self.batch_size)
 
     def val_dataloader(self) -> list[DataLoader]:
         """[test-eval subset, training subset]: dataloader_idx 0 is the test metric that defines grokking."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import random
 
+from callbacks import ConfigurationError
+
 Pair = tuple[str, str]  # (command, actions), e.g. ("jump left", "I_TURN_LEFT I_JUMP")
 
 SPLITS = ("all", "simple", "length", "addprim_jump", "addprim_turn_left")
@@ -23,12 +25,12 @@ PRIMITIVE_SHARE = 10  # addprim splits: the bare primitive is 1/10 of the traini
 def _verb(words: list[str], command: str) -> list[str]:
     """V -> U | U dir | U opposite dir | U around dir, with U a primitive or ``turn`` (no action)."""
     if not words or (words[0] not in ACTIONS and not (words[0] == "turn" and len(words) > 1)):
-        raise ValueError(f"not a SCAN command: {command!r}")
+        raise ConfigurationError(f"not a SCAN command: {command!r}")
     act = [ACTIONS[words[0]]] if words[0] in ACTIONS else []
     if len(words) == 1:
         return act
     if words[-1] not in TURNS or len(words) > 3:
-        raise ValueError(f"not a SCAN command: {command!r}")
+        raise ConfigurationError(f"not a SCAN command: {command!r}")
     turn = TURNS[words[-1]]
     if len(words) == 2:
         return [turn] + act
@@ -36,7 +38,7 @@ def _verb(words: list[str], command: str) -> list[str]:
         return [turn, turn] + act
     if words[1] == "around":
         return ([turn] + act) * 4
-    raise ValueError(f"not a SCAN command: {command!r}")
+    raise ConfigurationError(f"not a SCAN command: {command!r}")
 
 
 def _phrase(words: list[str], command: str) -> list[str]:
@@ -98,4 +100,4 @@ def make_split(split: str, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
         return _addprim_split("jump")
     if split == "addprim_turn_left":
         return _addprim_split("turn left")
-    raise ValueError(f"unknown SCAN split {split!r}; choose one of {', '.join(SPLITS)}")
+    raise ConfigurationError(f"unknown SCAN split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -8,6 +8,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from callbacks import ConfigurationError, NonFiniteError
+
 IGNORE = -100
 
 
@@ -22,13 +24,21 @@ class GrokModule(pl.LightningModule):
     def __init__(self, lr: float, weight_decay: float, betas: tuple[float, float], eps: float) -> None:
         super().__init__()
         if not lr > 0:
-            raise ValueError(f"model.lr must be > 0, got {lr}")
+            raise ConfigurationError(f"model.lr must be > 0, got {lr}")
         if weight_decay < 0:
-            raise ValueError(f"model.weight_decay must be >= 0, got {weight_decay}")
+            raise ConfigurationError(f"model.weight_decay must be >= 0, got {weight_decay}")
         if not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"model.betas must lie in [0, 1), got {betas}")
+            raise ConfigurationError(f"model.betas must lie in [0, 1), got {betas}")
         if not eps > 0:
-            raise ValueError(f"model.eps must be > 0, got {eps}")
+            raise ConfigurationError(f"model.eps must be > 0, got {eps}")
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Stop at the first non-finite training loss, before it reaches the weights (one host sync per step)."""
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"the training loss is {float(loss)} at optimizer step {self.global_step + 1}: lower model.lr "
+                f"(now {self.hparams.lr}) or keep trainer.gradient_clip_val set"
+            )
 
     def on_validation_epoch_end(self) -> None:
         # ||theta|| over all parameters, beside the metrics (the WD intervention compares it across decays)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from callbacks import ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
@@ -49,7 +49,7 @@ class DyckTransformer(GrokModule):
     ) -> None:
         super().__init__(lr, weight_decay, betas, eps)
         if d_model % n_heads:
-            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+            raise ConfigurationError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
         self.save_hyperparameters()
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(max_len, d_model)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from callbacks import ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import IGNORE, GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 PAD, SOS, EOS = 0, 1, 2
@@ -65,7 +65,7 @@ class ScanTransformer(GrokModule):
     ) -> None:
         super().__init__(lr, weight_decay, betas, eps)
         if d_model % n_heads:
-            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+            raise ConfigurationError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
         self.save_hyperparameters()
         self.src_tok = nn.Embedding(src_vocab_size, d_model)
         self.src_pos = nn.Embedding(max_src_len, d_model)
@@ -87,7 +87,7 @@ class ScanTransformer(GrokModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         for name in ("src_vocab_size", "tgt_vocab_size", "max_src_len", "max_tgt_len"):
             if dm is not None and hasattr(dm, name) and getattr(dm, name) != self.hparams[name]:
-                raise ValueError(f"model.{name}={self.hparams[name]} but the data has {getattr(dm, name)}; set model.{name}: {getattr(dm, name)}")
+                raise ConfigurationError(f"model.{name}={self.hparams[name]} but the data has {getattr(dm, name)}; set model.{name}: {getattr(dm, name)}")
 
     def encode(self, src: Tensor) -> Tensor:
         # src [B, S] -> memory [B, S, D] (after the encoder's final LN)

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from torch import Tensor
+from typing_extensions import override
 
 from callbacks.functional.ablation import (
     norm_matched_removal,
@@ -70,6 +71,15 @@ class AblationCallback(EdgeTestCallback):
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``
             (``ablation_{i}.json`` for the i-th further AblationCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import AblationCallback, GramSpectrum, GrokDetector, UpdateRecorder
+
+        ablation = AblationCallback(steps=[500], after_grok=[0, 800], sets={"edge": [1, 2], "bulk": [3, 4]})
+        trainer = Trainer(callbacks=[GrokDetector(), UpdateRecorder(interval=100), GramSpectrum(), ablation])
+        # after trainer.fit(model): ablation.results, also in {log_dir}/ablation.json
     """
 
     json_name = "ablation"
@@ -102,9 +112,11 @@ class AblationCallback(EdgeTestCallback):
         self.confidence = confidence
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(sets=self.sets, matched_set=self.matched_set)
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Ablate every set and control on the current weights; parameters are restored bit-exactly."""
         recorder, spectrum = self._recorder, self._spectrum
@@ -199,6 +211,7 @@ class AblationCallback(EdgeTestCallback):
         }
 
     @staticmethod
+    @override
     def scalars(result: dict[str, Any]) -> dict[str, float]:
         """The logged scalars of one run (NaN where a set or control is unavailable)."""
         out = {"ablation/base/accuracy": result["base"]["accuracy"], "ablation/base/loss": result["base"]["loss"]}
@@ -211,5 +224,6 @@ class AblationCallback(EdgeTestCallback):
             out[f"ablation/control_{kind}/ratio"] = r["ratio"]
         return out
 
+    @override
     def settings(self) -> dict[str, Any]:
         return {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence}

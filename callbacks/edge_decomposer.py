@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from callbacks.functional.edge_decomposer import append_cross, decompose
 from callbacks.functional.gram_spectrum import usable_modes
@@ -38,10 +39,12 @@ class EdgeDecomposer(RowAnalysis):
         super().__init__(top_k, history_path)
         self._cross = torch.zeros(0, 0, dtype=torch.float64)  # X_wd Xᵀ of the window: [i, j] = wd_i · total_j
 
+    @override
     def row_products(self, event: RowEvent) -> Products:
         x, d = event.total, event.wd
         return {"ring_x_wd": event.ring_total @ d, "ring_wd_x": event.ring_wd @ x, "wd_x": d @ x, "wd_wd": d @ d}
 
+    @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:
         dx, dd = products["wd_x"], products["wd_wd"]
         self._cross = append_cross(
@@ -61,11 +64,14 @@ class EdgeDecomposer(RowAnalysis):
                 metrics[f"edge/{name}_v{k}"] = parts[name]
         return metrics
 
+    @override
     def custom_scalar_charts(self) -> dict[str, list]:
         return {"grad_frac_vk": ["Multiline", [f"edge/grad_frac_v{k}" for k in range(1, self.top_k + 1)]]}
 
+    @override
     def _analysis_state(self) -> dict[str, Any]:
         return {"cross": self._cross.clone()}
 
+    @override
     def _load_analysis_state(self, state: dict[str, Any]) -> None:
         self._cross = state["cross"].to(torch.float64)

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from callbacks.functional.fourier_attention import (
     grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
@@ -79,6 +80,16 @@ class FourierAttentionCallback(ScheduledCallback):
         seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
             (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import FourierAttentionCallback, GramSpectrum, UpdateRecorder
+
+        fourier = FourierAttentionCallback(modules={"layer_1": "encoder.layers.1"}, mask_target="depth", steps=[500],
+                                           response_module="ln_f", response_target="depth")
+        trainer = Trainer(callbacks=[UpdateRecorder(interval=100), GramSpectrum(), fourier])
+        # after trainer.fit(model): fourier.results, also in {log_dir}/fourier_attention.json
     """
 
     def __init__(
@@ -122,6 +133,7 @@ class FourierAttentionCallback(ScheduledCallback):
         self.json_path = json_path
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(modules=self.modules, attention=self.attention, response=self.response_module)
 
@@ -133,7 +145,9 @@ class FourierAttentionCallback(ScheduledCallback):
         attn = attention_modules(pl_module, None if self.attention is None else list(self.attention.values()), who)
         self._attention = self.attention if self.attention is not None else {name: name for name in attn}
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the module, its names and targets before the first step; find the recorder and spectrum the edge response needs."""
         who = "FourierAttentionCallback"
         self.prepare(pl_module)
         wanted = [t for t in (self.mask_target, self.response_target) if t is not None]
@@ -147,12 +161,14 @@ class FourierAttentionCallback(ScheduledCallback):
             self._recorder = UpdateRecorder.find(trainer)
             self._spectrum = find(trainer, DirectionSource, SPECTRUM_HINT, "GramSpectrum")
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         with eval_mode(pl_module), torch.no_grad():
             result = self.run(pl_module, evaluation_batches(trainer, pl_module, self.dataloader_idx))
         log_scalars(trainer, self.scalars(result))
         return [result]
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """All summaries on the current weights, from the first ``max_sequences`` sequences of ``batches``.
 
@@ -250,6 +266,7 @@ class FourierAttentionCallback(ScheduledCallback):
                              "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
         return edge
 
+    @override
     def scalars(self, result: dict[str, Any]) -> dict[str, float]:
         out: dict[str, float] = {}
         for alias, e in result["fourier"].items():
@@ -273,6 +290,8 @@ class FourierAttentionCallback(ScheduledCallback):
                 out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
         return out
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write every result to JSON (rank zero)."""
         if trainer.is_global_zero:
             write_results(trainer, self, self.json_path, "fourier_attention", {"results": self.results})

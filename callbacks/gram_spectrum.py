@@ -12,6 +12,7 @@ from typing import Sequence
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from callbacks.functional.gram_spectrum import (
     EPS,
@@ -56,11 +57,13 @@ class GramSpectrum(RowAnalysis, DirectionSource):
         return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
 
     # ---------------------------------------------------------------- per row
+    @override
     def row_products(self, event: RowEvent) -> Products:
         x = event.total
         theta = self._recorder.flat_params().to(x.dtype)
         return {"ring_theta": event.ring_total @ theta, "x_theta": x @ theta, "theta_theta": theta @ theta}
 
+    @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:
         theta_norm = math.sqrt(float(products["theta_theta"]))
         metrics = {"update/norm_total": math.sqrt(row.xx), "update/theta_norm": theta_norm}
@@ -119,5 +122,6 @@ class GramSpectrum(RowAnalysis, DirectionSource):
         coef = (u[:, idx] / sigma[idx]).T.to(x_total)  # [len(ks), w]
         return (coef @ x_total).to(self._recorder.selection.dtype)
 
+    @override
     def custom_scalar_charts(self) -> dict[str, list]:
         return {"sigma_k": ["Multiline", [f"edge/sigma_{k}" for k in range(1, self.top_k + 1)]]}

@@ -11,6 +11,7 @@ from typing import Any, Literal, Sequence
 import lightning.pytorch as pl
 import numpy as np
 from torch import Tensor
+from typing_extensions import override
 
 from callbacks.functional.ablation import random_subspace
 from callbacks.functional.perturbation import (
@@ -55,6 +56,15 @@ class PerturbationCallback(EdgeTestCallback):
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``
             (``perturbation_{i}.json`` for the i-th further PerturbationCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import GramSpectrum, PerturbationCallback, UpdateRecorder
+
+        perturbation = PerturbationCallback(steps=[500, 1400], directions=[1, 2, 3, 4], n_random=4)
+        trainer = Trainer(callbacks=[UpdateRecorder(interval=100), GramSpectrum(), perturbation])
+        # after trainer.fit(model): perturbation.results, also in {log_dir}/perturbation.json
     """
 
     json_name = "perturbation"
@@ -90,9 +100,11 @@ class PerturbationCallback(EdgeTestCallback):
         self.fd_scale = fd_scale
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Curves and curvatures on the current weights; parameters are restored bit-exactly after each."""
         recorder, spectrum = self._recorder, self._spectrum
@@ -153,6 +165,7 @@ class PerturbationCallback(EdgeTestCallback):
         nan_fields = ("max_kl",) + (("hvp", "fd", "delta_loss", "loss_plus", "loss_minus") if self.curvature else ())
         return unavailable(reason, nan_fields, k=k, sigma=sigma, curve=[])
 
+    @override
     def scalars(self, result: dict[str, Any]) -> dict[str, float]:
         """The logged scalars of one run (NaN where a direction is unavailable)."""
         keys = ("hvp", "fd", "delta_loss") if self.curvature else ()
@@ -170,6 +183,7 @@ class PerturbationCallback(EdgeTestCallback):
             out[f"curvature/random/{key}_mean"] = float(np.mean(values))
         return out
 
+    @override
     def settings(self) -> dict[str, Any]:
         return {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
                 "eps_mode": self.eps_mode, "fd_scale": self.fd_scale}

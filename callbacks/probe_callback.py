@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from typing_extensions import override
 
 from callbacks.functional.probe import PROBE_KINDS, run_probes, token_samples
 from callbacks.utils.errors import ConfigurationError
@@ -47,6 +48,15 @@ class ProbeCallback(ScheduledCallback):
             reference did, whose fixed Ridge penalty makes R² fall when the representation shrinks.
         json_path: where to write ``results`` at fit end; default ``{log_dir}/probes_{target}.json``
             (``probes_{target}_{i}.json`` for the i-th further ProbeCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import ProbeCallback
+
+        probe = ProbeCallback(modules={"layer_1": "encoder.layers.1"}, target="depth", steps=[200, 600, 2000])
+        trainer = Trainer(callbacks=[probe])
+        # after trainer.fit(model): probe.results, also in {log_dir}/probes_depth.json
     """
 
     def __init__(
@@ -91,10 +101,13 @@ class ProbeCallback(ScheduledCallback):
         self.json_path = json_path
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(modules=self.modules, target=self.target, standardize=self.standardize)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the module, the module names and the target before the first step."""
         require_evaluable(pl_module, "ProbeCallback")
         if not isinstance(pl_module, ProbeableModule):
             raise ConfigurationError("ProbeCallback needs the LightningModule to define `probe_targets(batch)` (callbacks.utils.protocols)")
@@ -123,6 +136,7 @@ class ProbeCallback(ScheduledCallback):
         data = {alias: np.concatenate(x) for alias, x in feats.items()}
         return data, np.concatenate(values), np.concatenate(groups), bool(categorical)
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         """One record per (module, probe) with its held-out score."""
         data, values, groups, categorical = self.collect(trainer, pl_module)
@@ -136,7 +150,9 @@ class ProbeCallback(ScheduledCallback):
         log_scalars(trainer, metrics)
         return records
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write every result to JSON (rank zero)."""
         if not trainer.is_global_zero:
             return
         payload = {"target": self.target, "modules": self.modules, "results": self.results}

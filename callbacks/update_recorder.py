@@ -17,6 +17,7 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
+from typing_extensions import override
 
 from callbacks.utils.errors import ConfigurationError, NonFiniteError
 from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
@@ -128,6 +129,15 @@ class UpdateRecorder(Callback):
     optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
     (``precision="bf16-true"``) the decay part is the rounded decay AdamW applied (zero when θ·(1 − ηω)
     rounds back to θ); SGD's coupled decay and fused AdamW cannot be measured there and are refused.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+
+        recorder = UpdateRecorder(params="attn_weights", interval=100, window=5)  # a row = 100 summed updates
+        trainer = Trainer(callbacks=[recorder, GramSpectrum(top_k=5), EdgeDecomposer(top_k=5)])
+        # after trainer.fit(model): recorder.window_rows() -> (X_total, X_wd), each [w, P]
     """
 
     def __init__(
@@ -382,16 +392,23 @@ class UpdateRecorder(Callback):
         return [(rows - m + i) % self.window for i in range(m)]
 
     # ---------------------------------------------------------------- Lightning hooks
+    @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Select the parameters and hook the optimizer that trains them (it exists from fit start)."""
         self.attach(pl_module, trainer.optimizers)
 
+    @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Remove the optimizer hooks."""
         self.detach()
 
+    @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """Remove the optimizer hooks (Lightning runs no teardown after an exception)."""
         self.detach()
 
     # ---------------------------------------------------------------- checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self._selection is None:
             return dict(self._pending_state or {})
@@ -414,7 +431,9 @@ class UpdateRecorder(Callback):
             "shadow": _to_cpu(self._shadow),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rows; before ``attach`` the state waits until the buffers exist."""
         if self._selection is None:
             self._pending_state = dict(state_dict)  # applied when attach() has allocated the buffers
         else:

@@ -4,11 +4,13 @@ Walks the static imports of every module under callbacks/ (transitively, within 
 """
 import ast
 import re
+import textwrap
 import importlib
 import inspect
 from pathlib import Path
 
 import pytest
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
 import callbacks
@@ -97,3 +99,30 @@ def test_sections_cited_are_those_of_docs_methods():
         rest = re.sub(r"docs/methods\.md §[\d.]+(?:(?:, | and |-)§[\d.]+)*", "", text)
         rest = rest.replace('"§"', "")
         assert "§" not in rest, f"{path} cites a section outside docs/methods.md"
+
+
+PUBLIC = sorted(name for name in callbacks.__all__
+                if inspect.isclass(getattr(callbacks, name)) and issubclass(getattr(callbacks, name), Callback)
+                and getattr(callbacks, name).__module__ in TOP)
+
+
+def example_of(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    assert "Example::" in doc, f"{cls.__name__}'s docstring has no Example::"
+    block = doc.split("Example::", 1)[1]
+    lines = []
+    for line in block.split("\n")[1:]:
+        if line.strip() and not line.startswith("    "):
+            break  # the indented block ends
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_every_public_callback_has_a_runnable_example(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a Trainer may create folders where it runs
+    namespace: dict = {}
+    exec(compile(example_of(getattr(callbacks, name)), f"<{name} example>", "exec"), namespace)
+    trainers = [v for v in namespace.values() if isinstance(v, Trainer)]
+    assert any(isinstance(cb, getattr(callbacks, name)) for t in trainers for cb in t.callbacks), \
+        f"{name}'s example builds no Trainer holding one"

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from typing_extensions import override
 
 from callbacks.functional.gram_spectrum import append_gram, window_spectrum
 from callbacks.update_recorder import RowEvent, UpdateRecorder
@@ -263,10 +264,14 @@ class RowAnalysis(Callback, ABC):
         np.savez(path, **arrays)
 
     # ---------------------------------------------------------------- Lightning hooks
+    @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Bind to the trainer's UpdateRecorder before training (its rows start at fit start)."""
         self.bind(UpdateRecorder.find(trainer), trainer)
 
+    @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """The first analysis writes one TensorBoard custom-scalar layout for all of them."""
         analyses = [cb for cb in trainer.callbacks if isinstance(cb, RowAnalysis)]
         if not trainer.is_global_zero or analyses[0] is not self:
             return  # the first analysis writes one layout for all of them
@@ -277,10 +282,14 @@ class RowAnalysis(Callback, ABC):
             if isinstance(logger, TensorBoardLogger) and charts:
                 logger.experiment.add_custom_scalars({LAYOUT_CATEGORY: charts})
 
+    @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any) -> None:
+        """Log the rows that completed in this batch."""
         self.publish(trainer)
 
+    @override
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Log the last rows and write the ``.npz`` history."""
         self.publish(trainer)
         if self.history_path is not None and trainer.is_global_zero:
             path = self.history_path
@@ -289,6 +298,7 @@ class RowAnalysis(Callback, ABC):
             self.save_history(path)
 
     # ---------------------------------------------------------------- checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         self._process()
         window = self._window.state_dict() if self._window is not None else self._restored_window
@@ -303,6 +313,7 @@ class RowAnalysis(Callback, ABC):
             **self._analysis_state(),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = deque()
         self._restored_window = state_dict["window"]

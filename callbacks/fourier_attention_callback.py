@@ -22,7 +22,7 @@ from callbacks.functional.fourier_attention import (
 from callbacks.functional.probe import run_probes
 from callbacks.update_recorder import UpdateRecorder
 from callbacks.utils.causal import SPECTRUM_HINT, check_directions
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
+from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, bad_input_is_configuration
 from callbacks.utils.evaluation import eval_mode, evaluation_batches, perturbed, require_evaluable
 from callbacks.utils.hidden_states import (
     attention_modules, captured_sequences, module_aliases, require_target, resolve_modules,
@@ -259,8 +259,9 @@ class FourierAttentionCallback(ScheduledCallback):
                     deltas.append((h.double() - h0.double())[m])  # [n_b, D]
             delta = torch.cat(deltas)  # [n, D]
             f = delta.square().sum(-1)  # [n]
-            spec = grouped_spectrum(f, values)
-            func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
+            with bad_input_is_configuration(f"FourierAttentionCallback (response target {self.response_target!r})"):
+                spec = grouped_spectrum(f, values)
+                func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
             edge[f"v{k}"] = {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
                              "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
                              "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}

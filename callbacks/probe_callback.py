@@ -13,7 +13,7 @@ import torch
 from typing_extensions import override
 
 from callbacks.functional.probe import PROBE_KINDS, run_probes, token_samples
-from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.errors import ConfigurationError, bad_input_is_configuration
 from callbacks.utils.evaluation import eval_mode, evaluation_batches, require_evaluable
 from callbacks.utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
 from callbacks.utils.protocols import ProbeableModule
@@ -128,7 +128,8 @@ class ProbeCallback(ScheduledCallback):
                                            with_targets=True):
                 target = require_target(seen.targets, self.target, "ProbeCallback")
                 for alias, name in self.modules.items():
-                    x, y, g = token_samples(seen.outputs[name], target)
+                    with bad_input_is_configuration(f"ProbeCallback (module {name!r})"):
+                        x, y, g = token_samples(seen.outputs[name], target)
                     feats[alias].append(x)
                 values.append(y)
                 groups.append(g)
@@ -142,8 +143,10 @@ class ProbeCallback(ScheduledCallback):
         data, values, groups, categorical = self.collect(trainer, pl_module)
         metrics, records = {}, []
         for alias, features in data.items():
-            for res in run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
-                                  self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize):
+            with bad_input_is_configuration("ProbeCallback"):
+                found = run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
+                                   self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize)
+            for res in found:
                 metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value
                 records.append({"module": alias, "probe": res.kind, "metric": res.metric, "value": res.value,
                                 "n_train": res.n_train, "n_test": res.n_test})

@@ -2,6 +2,9 @@
 
 The ``lit-grok`` command prints these as one line; every other exception is a bug and keeps its traceback.
 """
+from contextlib import contextmanager
+from typing import Iterator
+
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 
@@ -26,3 +29,15 @@ class RunInterrupted(LitGrokError):
 
 class DirectionUnavailable(ValueError):
     """v_k does not exist in the current window (k > w, or σ_k = 0); results record it as unavailable."""
+
+
+@contextmanager
+def bad_input_is_configuration(who: str) -> Iterator[None]:
+    """Report a ``ValueError`` of the pure math (``callbacks.functional``, which imports no Lightning) about the data
+    a callback gave it (too few groups, misaligned shapes) as a ``ConfigurationError`` of that callback."""
+    try:
+        yield
+    except ConfigurationError:
+        raise
+    except ValueError as err:
+        raise ConfigurationError(f"{who}: {err}") from err

@@ -15,12 +15,12 @@ from callbacks.perturbation_callback import PerturbationCallback
 from callbacks.probe_callback import ProbeCallback
 from callbacks.rng_states import RNGStates
 from callbacks.update_recorder import RowEvent, UpdateRecorder
-from callbacks.utils.causal import EdgeTestCallback
+from callbacks.utils.causal import CausalTestCallback
 from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
 from callbacks.utils.protocols import (
     DirectionSource, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget, sequence_keys,
 )
-from callbacks.utils.row_analysis import RowAnalysis
+from callbacks.utils.row_analysis import GramWindow, RowAnalysis, WindowRow
 from callbacks.utils.schedule import RunSchedule, ScheduledCallback
 from callbacks.weight_decay_schedule import WeightDecaySchedule
 
@@ -29,7 +29,7 @@ __all__ = [
     "AblationCallback", "EdgeDecomposer", "FourierAttentionCallback", "GramSpectrum", "GrokDetector",
     "InterruptCheckpoint", "PerturbationCallback", "ProbeCallback", "RNGStates", "UpdateRecorder", "WeightDecaySchedule",
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
-    "EdgeTestCallback", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback",
+    "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
     "DirectionSource", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",

@@ -22,7 +22,7 @@ from callbacks.functional.ablation import (
     random_subspace,
     ratio_interval,
 )
-from callbacks.utils.causal import EdgeTestCallback, check_direction_sets
+from callbacks.utils.causal import CausalTestCallback, check_direction_sets
 from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
 from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
 from callbacks.utils.param_selection import split_like
@@ -40,7 +40,7 @@ def unmeasured(reason: str, **fields: Any) -> dict[str, Any]:
     return {**unavailable(reason, UNMEASURED, **fields), "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
 
 
-class AblationCallback(EdgeTestCallback):
+class AblationCallback(CausalTestCallback):
     """At scheduled steps, ablate θ' = θ − Σ_{k∈S} ⟨θ, v_k⟩ v_k for each named set S and compare with controls.
 
     θ is the ``UpdateRecorder`` selection and v_k the ``GramSpectrum`` directions of the window ending at the

@@ -17,7 +17,7 @@ from callbacks.functional.ablation import random_subspace
 from callbacks.functional.perturbation import (
     exact_curvatures, kl_divergence, second_difference,
 )
-from callbacks.utils.causal import EdgeTestCallback, check_directions
+from callbacks.utils.causal import CausalTestCallback, check_directions
 from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
 from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
 from callbacks.utils.param_selection import split_like
@@ -34,7 +34,7 @@ def check_eps_grid(eps: Sequence[float]) -> list[float]:
     return grid
 
 
-class PerturbationCallback(EdgeTestCallback):
+class PerturbationCallback(CausalTestCallback):
     """At scheduled steps, evaluate θ + ε·d on a grid of ε for Gram directions v_k and random unit directions.
 
     Per direction: loss, accuracy and mean KL(p‖p_ε) over labelled tokens at every ε (exact log-softmax

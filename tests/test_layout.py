@@ -80,7 +80,7 @@ def test_functional_is_pure(name):
 
 
 def test_extension_points_are_exported():
-    for name in ("RowAnalysis", "ScheduledCallback", "RunSchedule", "EdgeTestCallback", "EvaluableModule",
+    for name in ("RowAnalysis", "ScheduledCallback", "RunSchedule", "CausalTestCallback", "EvaluableModule",
                  "ProbeableModule", "ProbeTarget", "GrokStepSource", "DirectionSource", "ConfigurationError",
                  "LitGrokError", "NonFiniteError", "DirectionUnavailable"):
         assert name in callbacks.__all__ and hasattr(callbacks, name)

@@ -44,14 +44,14 @@ def check_direction_sets(sets: dict[str, list[int]], who: str) -> dict[str, list
     return out
 
 
-class EdgeTestCallback(ScheduledCallback):
+class CausalTestCallback(ScheduledCallback):
     """Finds the UpdateRecorder and GramSpectrum at fit start, evaluates on the first ``max_batches``
     batches of validation dataloader ``dataloader_idx`` (materialised once), writes ``json_name`` at fit end.
 
     Subclasses implement ``run(pl_module, batches) -> result``, ``scalars(result)`` and ``settings()``.
     """
 
-    json_name = "edge_test"
+    json_name = "causal_test"  # subclasses name their file
 
     def __init__(self, steps: list[int], after_grok: list[int], dataloader_idx: int, max_batches: int | None,
                  json_path: str | None) -> None:

@@ -316,7 +316,9 @@ class RowAnalysis(Callback, ABC):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = deque()
-        self._restored_window = state_dict["window"]
+        self._restored_window = state_dict.get("window")
+        if self._restored_window is None and "gram" in state_dict:  # a checkpoint from before the shared window
+            self._restored_window = {"rows": state_dict["rows_seen"], "gram": state_dict["gram"]}
         if self._window is not None and self._restored_window is not None:
             self._window.load_state_dict(self._restored_window)
             self._restored_window = None

@@ -34,7 +34,8 @@ Products = dict[str, Tensor]
 
 
 def reduce_products(recorder: UpdateRecorder, products: Products) -> Products:
-    """Sum named products over ranks (one collective) when the recorder's selection is sharded."""
+    """Named products summed over ranks in one collective when the recorder's selection is sharded (else the
+    same values)."""
     flat = recorder.all_reduce(torch.cat([t.reshape(-1) for t in products.values()]))
     pieces = flat.split([t.numel() for t in products.values()])
     return {name: piece.view_as(t) for (name, t), piece in zip(products.items(), pieces)}

@@ -1,4 +1,4 @@
-"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export`` and ``report``.
+"""The ``lit-grok`` command: LightningCLI (fit / validate / test) plus ``scan-export``, ``report`` and ``sweep``.
 
 A mistake in what was asked for (``callbacks.LitGrokError``: a bad setting, input file or checkpoint) is
 reported as one line naming the fix; any other failure is a bug and keeps its full traceback.
@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
             from lit_grok.report import report_main
 
             report_main(args[1:])
+            return
+        if args and args[0] == "sweep":
+            from lit_grok.sweep import sweep_main
+
+            sweep_main(args[1:])
             return
         LitGrokCLI(args=argv)
     except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is one of our own errors

@@ -87,11 +87,12 @@ def test_extension_points_are_exported():
 
 
 def test_sections_cited_are_those_of_docs_methods():
-    """Every "§" under callbacks/ and tests/ cites docs/methods.md, and the section exists there."""
+    """Every "§" under callbacks/, lit_grok/, benchmarks/ and tests/ cites docs/methods.md, and the section exists."""
     repo = ROOT.parent
     methods = (repo / "docs" / "methods.md").read_text()
     sections = set(re.findall(r"^#+ (\d+(?:\.\d+)?)\.? ", methods, flags=re.M))
-    for path in [*ROOT.rglob("*.py"), *(p for p in (repo / "tests").glob("*.py") if p.name != "test_layout.py")]:
+    code = [*ROOT.rglob("*.py"), *(repo / "lit_grok").rglob("*.py"), *(repo / "benchmarks").rglob("*.py")]
+    for path in [*code, *(p for p in (repo / "tests").glob("*.py") if p.name != "test_layout.py")]:
         text = path.read_text()
         for cite in re.finditer(r"docs/methods\.md (§[\d.]+(?:(?:, | and |-)§[\d.]+)*)", text):
             for number in re.findall(r"§(\d+(?:\.\d+)?)", cite.group(1)):

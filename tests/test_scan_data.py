@@ -12,7 +12,7 @@ from jsonargparse import ArgumentParser
 
 from callbacks import ConfigurationError
 from lit_grok.data.scan import (
-    EOS, IGNORE_INDEX, PAD, SOS, ScanDataModule, export_split, load_split_files, scan_export_main,
+    EOS, IGNORE, PAD, SOS, ScanDataModule, export_split, load_split_files, scan_export_main,
 )
 from lit_grok.data.scan_grammar import SPLITS, all_commands, all_pairs, interpret, make_split
 
@@ -229,9 +229,9 @@ def test_encoding_decodes_to_pairs_with_shift_and_padding(simple_dm):
             assert [dm.command_vocab[i] for i in s[:n_cmd]] == command.split() and set(s[n_cmd:]) == {PAD}
             assert ti[0] == SOS and [dm.action_vocab[i] for i in ti[1 : n_act + 1]] == actions.split()
             assert set(ti[n_act + 1 :]) == {PAD}
-            assert to[:n_act] == ti[1 : n_act + 1] and to[n_act] == EOS and set(to[n_act + 1 :]) == {IGNORE_INDEX}
+            assert to[:n_act] == ti[1 : n_act + 1] and to[n_act] == EOS and set(to[n_act + 1 :]) == {IGNORE}
         assert torch.equal((src != PAD).sum(1), torch.tensor([len(c.split()) for c, _ in pairs]))
-        assert torch.equal((tgt_in != PAD), (tgt_out != IGNORE_INDEX))  # the same positions are real
+        assert torch.equal((tgt_in != PAD), (tgt_out != IGNORE))  # the same positions are real
 
 
 def test_dataloaders(simple_dm):

@@ -1,4 +1,4 @@
-"""Dyck-1 depth prediction (spec §1.1): balanced bracket strings labelled with the stack depth after each token.
+"""Dyck-1 depth prediction (docs/methods.md §1.1): balanced bracket strings labelled with the stack depth after each token.
 
 The generator keeps the reference's exact RNG call pattern, so the 5050 sequences and the 50 / 5000
 split are the published ones bit for bit; training batches come from the global torch RNG.
@@ -12,11 +12,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from callbacks import ConfigurationError
+from lit_grok.data.common import IGNORE
 from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 
 OPEN, CLOSE, PAD = 0, 1, 2
 VOCAB_SIZE = 3
-IGNORE = -100
 
 
 def generate_sequences(n: int, max_pairs: int, seed: int, p_open: float = 0.55) -> list[list[int]]:

@@ -1,7 +1,7 @@
 """SCAN for the grokking experiments: the official ``IN: ... OUT: ...`` files, and a DataModule.
 
 The DataModule encodes a 2048-pair training subset and the test split exactly as the reference does
-(method spec §1.2), from the generated grammar or from a directory holding the official files.
+(docs/methods.md §1.2), from the generated grammar or from a directory holding the official files.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from callbacks import ConfigurationError
+from lit_grok.data.common import IGNORE
 from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 from lit_grok.data.scan_grammar import SPLITS, Pair, make_split
 
 PAD, SOS, EOS = 0, 1, 2
-IGNORE_INDEX = -100  # target id of padded positions: ignored by the loss and the accuracies
 SPECIAL_TOKENS = ("<pad>", "<sos>", "<eos>")
 
 # Official file names (train, test) of each split; "all" is the single file of every command.
@@ -116,7 +116,7 @@ class ScanDataModule(TrainBatchesDataModule):
 
     Batches are ``(src [B, S], tgt_in [B, T], tgt_out [B, T])`` int64: ``src`` = command ids right-padded
     with PAD (no SOS/EOS), ``tgt_in`` = [SOS] + action ids padded with PAD, ``tgt_out`` = action ids +
-    [EOS] padded with -100, so ``tgt_out[:, t] == tgt_in[:, t + 1]`` wherever both are real tokens.
+    [EOS] padded with IGNORE (-100), so ``tgt_out[:, t] == tgt_in[:, t + 1]`` wherever both are real tokens.
     Vocabularies, lengths and tensors are built in ``__init__`` so a model can be sized from them.
 
     With ``data_dir`` unset the data are generated in code; the ``simple`` split is then a seeded random
@@ -198,7 +198,7 @@ class ScanDataModule(TrainBatchesDataModule):
                 raise ValueError(f"{command!r} does not fit max_src_len={S} / max_tgt_len={T}")
             src += cmd + [PAD] * (S - len(cmd))
             tgt_in += [SOS] + act + [PAD] * (T - 1 - len(act))
-            tgt_out += act + [EOS] + [IGNORE_INDEX] * (T - 1 - len(act))
+            tgt_out += act + [EOS] + [IGNORE] * (T - 1 - len(act))
         n = len(pairs)
         return (torch.tensor(src).view(n, S), torch.tensor(tgt_in).view(n, T), torch.tensor(tgt_out).view(n, T))
 

@@ -9,8 +9,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks import ConfigurationError, NonFiniteError
+from lit_grok.data.common import IGNORE
 
-IGNORE = -100
 
 
 class GrokModule(pl.LightningModule):

@@ -1,4 +1,4 @@
-"""The Dyck-1 causal encoder of spec §2.1: 2 pre-LN blocks (d 128, 4 heads), a depth classifier per token.
+"""The Dyck-1 causal encoder of docs/methods.md §2.1: 2 pre-LN blocks (d 128, 4 heads), a depth classifier per token.
 
 Layers are built in the reference's order, so a seeded run draws the same initial weights; both blocks
 are deep copies of one layer (identical at init), as ``nn.TransformerEncoder`` makes them.
@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
+from lit_grok.data.common import IGNORE
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
@@ -93,5 +94,5 @@ class DyckTransformer(GrokModule):
 
     def probe_targets(self, batch: tuple[Tensor, Tensor]) -> dict[str, ProbeTarget]:
         x, y = batch
-        mask = y != -100
+        mask = y != IGNORE
         return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=sequence_keys(x))}

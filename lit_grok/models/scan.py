@@ -1,4 +1,4 @@
-"""The SCAN encoder-decoder of spec §2.2: nn.Transformer (d 256, 4 heads, 3+3 pre-LN layers) + an extra LN.
+"""The SCAN encoder-decoder of docs/methods.md §2.2: nn.Transformer (d 256, 4 heads, 3+3 pre-LN layers) + an extra LN.
 
 As in the reference, training and evaluation pass no memory padding mask, so cross-attention also
 sees padded source positions; ``memory_padding_mask=True`` is the corrected variant.
@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
-from lit_grok.models.common import IGNORE, GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+from lit_grok.data.common import IGNORE
+from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 PAD, SOS, EOS = 0, 1, 2
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test-eval subset, 1 = training subset

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks.errors import ConfigurationError, NonFiniteError
 
@@ -51,21 +50,24 @@ class GrokModule(pl.LightningModule):
 
 
 class TokenMetrics(nn.Module):
-    """Token-weighted mean cross-entropy and token accuracy over labelled positions of one eval set."""
+    """Token-weighted mean cross-entropy and token accuracy over labelled positions of one eval set.
 
-    def __init__(self, n_classes: int) -> None:
+    A row of weight w counts as w copies of its sequence: the same sums as w separate rows.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
         self.loss = MeanMetric()
-        self.acc = MulticlassAccuracy(n_classes, average="micro", ignore_index=IGNORE)
+        self.acc = MeanMetric()  # hits / tokens: integer sums, exact in float32 like MulticlassAccuracy's
 
-    def update(self, logits: Tensor, targets: Tensor) -> None:
-        # logits [..., C], targets [...] with IGNORE at unlabelled positions
-        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-        labelled = flat_targets != IGNORE
-        n = labelled.sum()
-        loss = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=IGNORE)
-        self.loss.update(loss, weight=n)
-        self.acc.update(flat_logits, flat_targets)
+    def update(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> None:
+        # logits [B, T, C], targets [B, T] with IGNORE at unlabelled positions, weight [B] copies per row
+        labelled = targets != IGNORE  # [B, T]
+        copies = torch.ones_like(targets) if weight is None else weight[:, None].expand_as(targets)
+        token_weight = copies[labelled].float()  # [N]
+        flat_logits, flat_targets = logits[labelled], targets[labelled]  # [N, C], [N]
+        self.loss.update(F.cross_entropy(flat_logits.float(), flat_targets, reduction="none"), weight=token_weight)
+        self.acc.update((flat_logits.argmax(-1) == flat_targets).float(), weight=token_weight)
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

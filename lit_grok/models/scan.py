@@ -80,7 +80,7 @@ class ScanTransformer(GrokModule):
             )
         self.ln_out = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, tgt_vocab_size)
-        self.metrics = nn.ModuleDict({name: TokenMetrics(tgt_vocab_size) for name in EVAL_SETS})
+        self.metrics = nn.ModuleDict({name: TokenMetrics() for name in EVAL_SETS})
         self.seq_acc = nn.ModuleDict({name: MeanMetric() for name in EVAL_SETS})
         self.greedy_acc = MeanMetric()
 

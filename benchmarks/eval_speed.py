@@ -2,6 +2,7 @@
 
     python benchmarks/eval_speed.py --task dyck --threads 1   # 5,000 test + 50 train sequences, all metrics
     python benchmarks/eval_speed.py --task scan --threads 1   # greedy decoding of the 500 test-eval commands
+    python benchmarks/eval_speed.py --task scan --threads 1 --checkpoint logs/scan/version_0/checkpoints/last.ckpt
 
 dyck: padded batches of every row (before #11) against distinct rows counted per copy, length-sorted.
 scan: the decoder re-run on every prefix (before #11) against the incremental decoder with a KV cache.
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's packages, and the reference paths
 
 import torch  # noqa: E402
-from reference_paths import dyck_eval_batches, padded_token_metrics  # noqa: E402
+from reference_paths import dyck_eval_batches, padded_token_metrics, prefix_greedy_decode  # noqa: E402
 
 import lit_grok  # noqa: E402
 from lit_grok.models.common import TokenMetrics  # noqa: E402
@@ -48,7 +49,29 @@ def dyck_variants():
     return "Dyck evaluation, 5,000 test + 50 train sequences (s)", old, new
 
 
-VARIANTS = {"dyck": dyck_variants}
+def scan_variants(checkpoint: str | None):
+    from lit_grok.data.scan import ScanDataModule
+    from lit_grok.models.scan import ScanTransformer
+
+    torch.manual_seed(2024)
+    model, dm = ScanTransformer(), ScanDataModule()
+    if checkpoint:  # a state_dict or a Lightning checkpoint of the default ScanTransformer
+        state = torch.load(checkpoint, map_location="cpu")
+        model.load_state_dict(state.get("state_dict", state))
+    model.eval()
+    batches = list(dm.val_dataloader()[0])  # the 500 test-eval pairs, as validation decodes them
+
+    def old():
+        return [prefix_greedy_decode(model, src, tgt_out.shape[1])[0].tolist() for src, _, tgt_out in batches]
+
+    def new():
+        return [model.greedy_decode(src, tgt_out.shape[1]).tolist() for src, _, tgt_out in batches]
+
+    which = f"the model of {checkpoint}" if checkpoint else "the seed-2024 initial model"
+    return f"SCAN greedy decoding of the 500 test-eval commands by {which} (s)", old, new
+
+
+VARIANTS = {"dyck": lambda args: dyck_variants(), "scan": lambda args: scan_variants(args.checkpoint)}
 
 
 def main() -> None:
@@ -56,9 +79,10 @@ def main() -> None:
     parser.add_argument("--task", choices=sorted(VARIANTS), default="dyck")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--checkpoint", help="scan: weights to decode with (default: the seed-2024 initial model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    title, old, new = VARIANTS[args.task]()
+    title, old, new = VARIANTS[args.task](args)
     times: dict[str, list[float]] = {"old": [], "new": []}
     with torch.no_grad():
         for r in range(args.rounds + 1):  # round 0 warms up

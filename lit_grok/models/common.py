@@ -75,6 +75,17 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
 
+def length_sorted_chunks(targets: Tensor, size: int, rows: Tensor | None = None) -> list[tuple[Tensor, int]]:
+    """(row indices [<= size], length) of ``rows`` (default: all) of ``targets`` [B, T], longest first; length is one
+    past the chunk's last labelled position: a causal model's logits there equal the padded batch's."""
+    positions = torch.arange(1, targets.shape[1] + 1, device=targets.device)  # [T]
+    length = ((targets != IGNORE) * positions).amax(1)  # [B]
+    rows = torch.arange(len(targets), device=targets.device) if rows is None else rows
+    rows = rows[length[rows] > 0]  # rows without labels add nothing
+    order = rows[length[rows].argsort(descending=True, stable=True)]  # [K] longest first
+    return list(zip(order.split(size), length[order[::size]].tolist()))  # one host sync for all chunks
+
+
 def labelled_positions(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(logits [N, C], targets [N], sequence index [N]) of the labelled tokens of a [B, T] batch."""
     labelled = targets != IGNORE  # [B, T]

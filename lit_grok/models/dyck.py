@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from callbacks.errors import ConfigurationError
 from callbacks.protocols import ProbeTarget, sequence_keys
-from lit_grok.models.common import IGNORE, GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+from lit_grok.models.common import (
+    IGNORE, GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy,
+)
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
 EVAL_CHUNK = 128  # rows per forward of the length-sorted evaluation
@@ -88,12 +90,7 @@ class DyckTransformer(GrokModule):
     def update_distinct(self, metrics: TokenMetrics, x: Tensor, y: Tensor, weight: Tensor) -> None:
         """Evaluate the rows of weight > 0, longest first in chunks cut after their last label, each counted
         ``weight`` times: the causal model gives every kept position the logits of the padded batch."""
-        positions = torch.arange(1, y.shape[1] + 1, device=y.device)  # [T]
-        length = ((y != IGNORE) * positions).amax(1)  # [B] one past the last labelled position
-        keep = ((weight > 0) & (length > 0)).nonzero().squeeze(1)  # [K]
-        order = keep[length[keep].argsort(descending=True, stable=True)]  # [K] rows, longest first
-        for rows in order.split(EVAL_CHUNK):
-            T = int(length[rows[0]])  # the chunk's longest row
+        for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (weight > 0).nonzero().squeeze(1)):
             metrics.update(self(x[rows, :T]), y[rows, :T], weight[rows])
 
     def whole_loader_pass(self, dataloader_idx: int) -> bool:

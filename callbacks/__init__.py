@@ -8,7 +8,7 @@ from callbacks.errors import ConfigurationError, LitGrokError, NonFiniteError
 from callbacks.fourier_attention_callback import FourierAttentionCallback
 from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
 from callbacks.grok_detector import GrokDetector
-from callbacks.interrupt_checkpoint import InterruptCheckpoint
+from callbacks.interrupt_checkpoint import InterruptCheckpoint, RunInterrupted
 from callbacks.perturbation_callback import PerturbationCallback
 from callbacks.probe_callback import ProbeCallback
 from callbacks.rng_states import RNGStates
@@ -19,5 +19,5 @@ from callbacks.weight_decay_schedule import WeightDecaySchedule
 __all__ = [
     "AblationCallback", "ConfigurationError", "DirectionUnavailable", "EdgeDecomposer", "FourierAttentionCallback",
     "GramSpectrum", "GrokDetector", "InterruptCheckpoint", "LitGrokError", "NonFiniteError", "PerturbationCallback",
-    "ProbeCallback", "RNGStates", "RunSchedule", "ScheduledCallback", "UpdateRecorder", "WeightDecaySchedule",
+    "ProbeCallback", "RNGStates", "RunInterrupted", "RunSchedule", "ScheduledCallback", "UpdateRecorder", "WeightDecaySchedule",
 ]

@@ -10,6 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.errors import ConfigurationError
+
 
 class GrokDetector(Callback):
     """Watch ``monitor`` after every validation; record the first step where it is >= ``threshold``.
@@ -21,7 +23,7 @@ class GrokDetector(Callback):
 
     def __init__(self, monitor: str = "val/acc", threshold: float = 0.95) -> None:
         if not 0 < threshold <= 1:
-            raise ValueError(f"GrokDetector threshold must lie in (0, 1], got {threshold}")
+            raise ConfigurationError(f"GrokDetector threshold must lie in (0, 1], got {threshold}")
         self.monitor = monitor
         self.threshold = threshold
         self.grok_step: int | None = None

@@ -1,8 +1,8 @@
 """Checkpoint a run when it is interrupted (SIGINT, SIGTERM) or fails, so that no work is lost.
 
-The first Ctrl-C (or a SIGTERM) lets the current optimizer step finish, writes ``last.ckpt`` at that step
-and stops the run; resuming from it continues exactly. A second Ctrl-C interrupts at once. A failure
-writes ``on_exception.ckpt``: the state when it failed, for inspection (it may lie inside a step).
+The first Ctrl-C (or a SIGTERM) lets the current optimizer step finish, with its validation if it has
+one, writes ``last.ckpt`` there and stops the run; resuming from it continues exactly. A second Ctrl-C
+interrupts at once. A failure writes ``on_exception.ckpt``: the state it failed in, for inspection.
 """
 from __future__ import annotations
 
@@ -13,17 +13,28 @@ from types import FrameType
 from typing import Any, Optional
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from callbacks.errors import LitGrokError
 
-class InterruptCheckpoint(Callback):
-    """On SIGINT / SIGTERM: finish the step, save ``last.ckpt`` there, stop. On an exception: ``on_exception.ckpt``.
+SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
-    Lightning turns a SIGTERM into a stop once the current step (and its validation) is done; the first
-    SIGINT is made to do the same, so both leave a checkpoint from which a resumed run continues exactly.
+
+class RunInterrupted(LitGrokError):
+    """The run stopped on a signal after writing its checkpoint; the message says where and how to resume."""
+
+    exit_code = 130  # what a shell reports for a program stopped by Ctrl-C
+
+
+class InterruptCheckpoint(Checkpoint):
+    """On SIGINT / SIGTERM: finish the step (and its validation), save ``last.ckpt`` there, stop with
+    ``RunInterrupted``. On any other exception during training: save ``on_exception.ckpt``.
+
+    A Lightning checkpoint taken before a step's validation resumes after it (Lightning skips that
+    validation), so at a validation step the checkpoint is written again once the validation is done.
+    As a ``Checkpoint`` it runs after the other callbacks of each hook, so their state of the step is in it.
 
     Args:
         dirpath: folder of the checkpoints; None: the ``ModelCheckpoint``'s folder, else ``<log_dir>/checkpoints``.
@@ -35,15 +46,17 @@ class InterruptCheckpoint(Callback):
         from lightning.pytorch.callbacks import ModelCheckpoint
         from callbacks import InterruptCheckpoint
 
-        trainer = Trainer(callbacks=[ModelCheckpoint(every_n_train_steps=500, save_top_k=0, save_last=True),
-                                     InterruptCheckpoint()], max_steps=10_000)
+        trainer = Trainer(callbacks=[ModelCheckpoint(save_top_k=0, save_last=True), InterruptCheckpoint()],
+                          max_steps=10_000, val_check_interval=100)
     """
 
     def __init__(self, dirpath: Optional[str] = None, on_exception: bool = True) -> None:
         self.dirpath = dirpath
         self.on_exception_save = on_exception
-        self.interrupted_by: Optional[str] = None  # "SIGINT" / "SIGTERM" once a signal stopped the run
-        self._previous_sigint: Any = None
+        self.received: Optional[str] = None  # "SIGINT" / "SIGTERM" once a signal asked the run to stop
+        self._saved_at: Optional[int] = None  # global step of the checkpoint written for the signal
+        self._training = False  # between on_train_start and the end of fit: a failure is worth a checkpoint
+        self._previous: dict[int, Any] = {}  # signal handlers to put back
 
     def checkpoint_dir(self, trainer: pl.Trainer) -> str:
         if self.dirpath is not None:
@@ -52,41 +65,81 @@ class InterruptCheckpoint(Callback):
             return trainer.checkpoint_callback.dirpath
         return os.path.join(trainer.log_dir or trainer.default_root_dir, "checkpoints")
 
-    def _on_sigint(self, signum: int, frame: Optional[FrameType]) -> None:
-        sigterm_handler = signal.getsignal(signal.SIGTERM)
-        if self.interrupted_by is not None or not callable(sigterm_handler):  # a second Ctrl-C: stop now
+    def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
-        self.interrupted_by = "SIGINT"
-        rank_zero_info("Ctrl-C: stopping after this optimizer step (press again to stop at once)")
-        sigterm_handler(signal.SIGTERM, frame)  # Lightning's: stop at the end of the step
+        self.received = SIGNALS[signum]
+        rank_zero_info(f"{self.received}: stopping after this optimizer step (Ctrl-C again stops at once)")
+
+    def _asked(self, trainer: pl.Trainer) -> bool:
+        asked = self.received is not None
+        if trainer.world_size > 1:  # every rank saves and stops together
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        return asked
+
+    def _save_last(self, trainer: pl.Trainer) -> str:
+        path = os.path.join(self.checkpoint_dir(trainer), "last.ckpt")
+        if trainer.is_global_zero and os.path.islink(path):  # a ModelCheckpoint(save_last="link") link
+            os.remove(path)
+        trainer.save_checkpoint(path)
+        self._saved_at = trainer.global_step
+        return path
+
+    def _stop(self, trainer: pl.Trainer, path: str) -> None:
+        raise RunInterrupted(
+            f"{self.received or 'a signal on another rank'} after optimizer step {trainer.global_step}: saved {path}; "
+            "resume with the same command and --ckpt_path last"
+        )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Route the first SIGINT into Lightning's SIGTERM stop (main thread only: Python delivers signals there)."""
-        self.interrupted_by = None
+        """Take over SIGINT and SIGTERM (main thread only: Python delivers signals there)."""
+        self.received, self._saved_at, self._training = None, None, True
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """A signal came: checkpoint this step now; the stop waits for the step's validation, if it has one."""
+        if self._saved_at is None and self._asked(trainer):
+            self._save_last(trainer)
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The step's validation is done: checkpoint again (a resume then skips it, rightly) and stop."""
+        if self._saved_at == trainer.global_step and not trainer.sanity_checking:
+            self._stop(trainer, self._save_last(trainer))
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        """The signal's step had no validation: its checkpoint stands; stop before the next step."""
+        if self._saved_at is not None:
+            self._stop(trainer, os.path.join(self.checkpoint_dir(trainer), "last.ckpt"))
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._saved_at is not None:  # the signal came at the last step
+            self._stop(trainer, os.path.join(self.checkpoint_dir(trainer), "last.ckpt"))
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """A signal's stop: ``last.ckpt`` at the finished step. A failure: the state it failed in, under its own name."""
-        if trainer.state.fn != "fit":
+        """A failure (not our own stop, not a second Ctrl-C): the state it failed in, under its own name."""
+        training, self._training = self._training, False
+        self._release()
+        if not training or not self.on_exception_save or isinstance(exception, (RunInterrupted, KeyboardInterrupt)):
             return
-        if isinstance(exception, SIGTERMException):
-            self.interrupted_by = self.interrupted_by or "SIGTERM"
-            path = os.path.join(self.checkpoint_dir(trainer), "last.ckpt")
-            if trainer.is_global_zero and os.path.islink(path):  # a ModelCheckpoint(save_last="link") link
-                os.remove(path)
-            trainer.save_checkpoint(path)
-            rank_zero_warn(f"{self.interrupted_by} after optimizer step {trainer.global_step}: saved {path}; "
-                           "resume with the same command and --ckpt_path last")
-        elif self.on_exception_save and not isinstance(exception, KeyboardInterrupt):
-            path = os.path.join(self.checkpoint_dir(trainer), "on_exception.ckpt")
-            trainer.save_checkpoint(path)
-            rank_zero_warn(f"training failed at optimizer step {trainer.global_step}; its state is in {path}")
+        path = os.path.join(self.checkpoint_dir(trainer), "on_exception.ckpt")
+        trainer.save_checkpoint(path)
+        rank_zero_warn(f"training failed at optimizer step {trainer.global_step}; its state is in {path}")
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._previous_sigint is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
+        self._training = False
+        self._release()
+
+    def _release(self) -> None:
+        """Give the signals back (Lightning runs no teardown hook after an exception: on_exception calls this too)."""
+        for signum, handler in self._previous.items():
+            if signal.getsignal(signum) == self._on_signal:
+                signal.signal(signum, handler)
+        self._previous = {}

@@ -35,7 +35,9 @@ class RNGStates(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()  # keys as a tensor: loadable with weights_only
+        numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+        state = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -51,7 +53,8 @@ class RNGStates(Callback):
             return
         state, self._to_restore = self._to_restore, None
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         random.setstate(state["python"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

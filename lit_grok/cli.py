@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+import jsonargparse
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.errors import ConfigurationError, LitGrokError
 
@@ -23,6 +24,7 @@ CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.
     "grok", "recorder", "spectrum", "decomposer", "ablation", "perturbation", "probes", "probes_raw", "fourier",
     "fourier_encoder", "fourier_decoder", "wd_schedule", "checkpoints", "last_checkpoint", "interrupt", "rng",
 )
+JSONARGPARSE = Path(jsonargparse.__file__).parent
 HPARAMS_IGNORED = ("_instantiator", "_class_path")  # written by LightningCLI beside the real hyperparameters
 
 
@@ -175,26 +177,29 @@ def main(argv: list[str] | None = None) -> None:
             report_main(args[1:])
             return
         LitGrokCLI(args=argv)
-    except SIGTERMException:  # InterruptCheckpoint saved the run and said how to resume it
-        sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - reduced to one line only when it is one of our own errors
         ours = our_error(exc)
         if ours is None:
             raise
         print(f"lit-grok: error: {ours}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(ours, "exit_code", 2))
 
 
-def our_error(exc: BaseException) -> Optional[LitGrokError]:
-    """The LitGrokError behind ``exc``: itself, or the one that jsonargparse wrapped (it re-raises constructor
-    errors as its own); None for anything else, which is a bug to show in full."""
+def our_error(exc: Optional[BaseException]) -> Optional[LitGrokError]:
+    """The LitGrokError behind ``exc``: itself, or the one jsonargparse wrapped (it re-raises a constructor's
+    error as a ValueError of its own); None for anything else, which is a bug to show in full."""
     while exc is not None:
         if isinstance(exc, LitGrokError):
             return exc
-        if not type(exc).__module__.startswith(("jsonargparse", "argparse")):
+        if not raised_by_jsonargparse(exc):
             return None
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def raised_by_jsonargparse(exc: BaseException) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).is_relative_to(JSONARGPARSE)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lit_grok.cli import main
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
+# Each shipped experiment: its base config, then the overrides (as the README runs them)
+EXPERIMENTS = {
+    "dyck": ["dyck"], "dyck_nowd": ["dyck", "dyck_nowd"], "dyck_causal": ["dyck", "dyck_causal"],
+    "dyck_wd_after1000": ["dyck", "dyck_wd_after1000"],
+    "scan": ["scan"], "scan_nowd": ["scan", "scan_nowd"], "scan_causal": ["scan", "scan_causal"],
+}
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -18,26 +25,46 @@ def in_tmp(tmp_path, monkeypatch):
 SMALL_SCAN_BATCHES = ["--data.init_args.batch_size=16", "--data.init_args.eval_batch_size=16"]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_fast_dev_run_of_every_config(config):
+def config_args(experiment):
+    return [arg for name in EXPERIMENTS[experiment] for arg in ("--config", str(CONFIG_DIR / f"{name}.yaml"))]
+
+
+def test_every_config_file_belongs_to_an_experiment():
+    used = {name for chain in EXPERIMENTS.values() for name in chain}
+    assert used == {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_fast_dev_run_of_every_config(experiment):
     # The SCAN smoke keeps the full model but small batches: one step, one validation batch per set.
-    smaller = SMALL_SCAN_BATCHES if config.stem.startswith("scan") else []
-    main(["fit", "--config", str(config), "--trainer.fast_dev_run=1", *smaller, *QUIET])
+    smaller = SMALL_SCAN_BATCHES if experiment.startswith("scan") else []
+    main(["fit", *config_args(experiment), "--trainer.fast_dev_run=1", *smaller, *QUIET])
 
 
-def print_config(capsys, config):
+def print_config(capsys, *args):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--print_config"])
+        main(["fit", *args, "--print_config"])
     assert exit_info.value.code == 0
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_print_config_round_trip(capsys, tmp_path, config):
-    printed = print_config(capsys, config)
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_print_config_round_trip(capsys, tmp_path, experiment):
+    printed = print_config(capsys, *config_args(experiment))
     assert "class_path" in printed
     (tmp_path / "printed.yaml").write_text(printed)
-    assert print_config(capsys, tmp_path / "printed.yaml") == printed
+    assert print_config(capsys, "--config", str(tmp_path / "printed.yaml")) == printed
+
+
+def test_overrides_merge_into_the_base_and_set_one_callback_argument(capsys):
+    printed = yaml.safe_load(print_config(capsys, *config_args("dyck_wd_after1000"), "--callbacks.recorder.window=3",
+                                          "--callbacks.wd_schedule.milestones={1000: 0.5}", "--callbacks.fourier=null"))
+    callbacks = printed["callbacks"]
+    assert callbacks["recorder"]["init_args"] == {**callbacks["recorder"]["init_args"], "interval": 100, "window": 3}
+    assert callbacks["wd_schedule"]["init_args"]["milestones"] == {"1000": 0.5}  # YAML keys; the int is parsed at build
+    assert callbacks["fourier"] is None and callbacks["probes"]["init_args"]["steps"] == [1000, 4000]
+    assert printed["trainer"]["max_steps"] == 4000 and printed["model"]["init_args"]["weight_decay"] == 1.0
+    assert printed["trainer"]["logger"]["init_args"]["name"] == "dyck_wd_after1000_0"
 
 
 def cli_error(capsys, *args):
@@ -50,8 +77,7 @@ def cli_error(capsys, *args):
 
 
 def test_bad_input_is_one_clear_line(capsys, tmp_path):
-    dyck = str(next(c for c in CONFIGS if c.stem == "dyck"))
-    scan = str(next(c for c in CONFIGS if c.stem == "scan"))
+    dyck, scan = str(CONFIG_DIR / "dyck.yaml"), str(CONFIG_DIR / "scan.yaml")
     assert "model.lr must be > 0" in cli_error(capsys, "--config", dyck, "--model.init_args.lr=-0.001")
     bad_threshold = tmp_path / "bad_threshold.yaml"
     bad_threshold.write_text(Path(dyck).read_text().replace("threshold: 0.95", "threshold: 1.5"))
@@ -70,7 +96,7 @@ def test_scan_export_command(tmp_path):
 
 
 def test_threads_option_sets_torch_threads_before_training(capsys, monkeypatch):
-    dyck = str(next(c for c in CONFIGS if c.stem == "dyck"))
+    dyck = str(CONFIG_DIR / "dyck.yaml")
     before = torch.get_num_threads()
     try:
         main(["fit", "--config", dyck, "--threads=2", "--trainer.fast_dev_run=1", *QUIET])

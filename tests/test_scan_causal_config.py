@@ -7,7 +7,7 @@ import yaml
 
 from lit_grok.cli import main
 
-CONFIG = Path(__file__).parents[1] / "configs" / "scan_causal.yaml"
+CONFIGS = Path(__file__).parents[1] / "configs"
 SMALL = ["--model.init_args.d_model=32", "--model.init_args.d_ff=64", "--data.init_args.n_train=64",
          "--data.init_args.n_test_eval=40", "--data.init_args.batch_size=16", "--data.init_args.eval_batch_size=20",
          "--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.enable_progress_bar=false",
@@ -15,12 +15,10 @@ SMALL = ["--model.init_args.d_model=32", "--model.init_args.d_ff=64", "--data.in
 
 
 def scheduled_at_step_2(config: dict) -> dict:
-    for cb in config["trainer"]["callbacks"]:
-        args = cb.get("init_args", {})
+    for cb in config["callbacks"].values():
+        args = cb.setdefault("init_args", {})
         if "steps" in args:
             args["steps"] = [2]
-        if cb["class_path"] == "callbacks.UpdateRecorder":
-            args["interval"] = 1  # two rows by step 2: v1, v2 exist, v3, v4 do not
         if "n_trials" in args:
             args["n_trials"] = 2
     return config
@@ -29,8 +27,10 @@ def scheduled_at_step_2(config: dict) -> dict:
 def test_scan_causal_config_runs_every_analysis(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "scan_causal_small.yaml"
-    config.write_text(yaml.safe_dump(scheduled_at_step_2(yaml.safe_load(CONFIG.read_text())), sort_keys=False))
-    main(["fit", "--config", str(config), *SMALL])
+    causal = yaml.safe_load((CONFIGS / "scan_causal.yaml").read_text())
+    config.write_text(yaml.safe_dump(scheduled_at_step_2(causal), sort_keys=False))
+    # two rows by step 2: v1, v2 exist, v3, v4 do not
+    main(["fit", "--config", str(CONFIGS / "scan.yaml"), "--config", str(config), "--callbacks.recorder.interval=1", *SMALL])
     run = tmp_path / "logs" / "scan_causal" / "version_0"
 
     ablation = json.loads((run / "ablation.json").read_text())

@@ -69,8 +69,8 @@ class RandomBatches(IterableDataset):
 class TrainBatchesDataModule(pl.LightningDataModule):
     """A DataModule whose training stream (``self.train_batches``) is saved in every checkpoint.
 
-    A checkpoint written after training batch b holds the stream's position before draw b, so a resumed
-    run gets exactly the batches the uninterrupted run got, whatever the loop had fetched ahead.
+    A checkpoint written once b batches went through training holds the stream's position before draw b,
+    so a resumed run gets exactly the batches the uninterrupted run got, whatever the loop fetched ahead.
     """
 
     train_batches: RandomBatches
@@ -81,7 +81,7 @@ class TrainBatchesDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         consumed = self.train_batches.draws
         if self.trainer is not None and self.trainer.state.fn == "fit":  # batches handed to training so far
-            consumed = self.trainer.fit_loop.epoch_loop.batch_progress.total.ready
+            consumed = self.trainer.fit_loop.epoch_loop.batch_progress.total.processed
         return {"train_batches": self.train_batches.state_before(consumed)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -111,3 +111,16 @@ def test_teacher_forced_validation_logs_the_padded_metrics(trained_small):
         src, _, tgt_out = small.test_eval_data
         greedy = greedy_exact_match(prefix_greedy_decode(model, src, tgt_out.shape[1])[0], tgt_out).float().mean()
     assert logged["val/greedy_acc"] == float(greedy)
+
+
+def test_bf16_mixed_training_on_cpu_runs_attention_through_the_math_kernel():
+    model = ScanTransformer(**SMALL)
+    with model.training_attention():
+        assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice of kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16), model.training_attention():
+        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    small = ScanDataModule(n_train=64, n_test_eval=32, batch_size=16, eval_batch_size=32)
+    trainer = pl.Trainer(max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, small)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

@@ -6,10 +6,12 @@ sees padded source positions; ``memory_padding_mask=True`` is the corrected vari
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 
 from callbacks.errors import ConfigurationError
@@ -151,9 +153,17 @@ class ScanTransformer(GrokModule):
         return torch.stack(ids, 1), torch.stack(logits, 1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        loss = self.length_sorted_loss(*batch)
+        with self.training_attention():
+            loss = self.length_sorted_loss(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def training_attention(self) -> AbstractContextManager:
+        """Under CPU autocast (``precision: bf16-mixed``), attention as plain matmuls (SDPA's math kernel):
+        the fused CPU kernel's bf16 backward is slower than the whole fp32 step's attention."""
+        if self.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            return sdpa_kernel([SDPBackend.MATH])
+        return nullcontext()
 
     def length_sorted_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
         """The batch's token-mean cross-entropy, decoded in length-sorted chunks cut after their last label:

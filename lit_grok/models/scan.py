@@ -176,19 +176,24 @@ class ScanTransformer(GrokModule):
         return torch.stack(summed).sum() / (tgt_out != IGNORE).sum()
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        src, tgt_in, tgt_out = batch
         name = EVAL_SETS[dataloader_idx]
-        memory = self.encode(src)  # [B, S, D]
-        for rows, T in length_sorted_chunks(tgt_out, EVAL_CHUNK):  # the padded batch's logits, chunk by chunk
-            logits, targets = self.decode(tgt_in[rows, :T], memory[rows], src[rows]), tgt_out[rows, :T]  # [b, T, V], [b, T]
-            self.metrics[name].update(logits, targets)
-            self.seq_acc[name].update(((logits.argmax(-1) == targets) | (targets == IGNORE)).all(1).float())
+        self.update_eval_metrics(name, *batch)
         self.log(f"{name}/loss", self.metrics[name].loss, add_dataloader_idx=False)
         self.log(f"{name}/acc", self.metrics[name].acc, add_dataloader_idx=False)
         self.log(f"{name}/seq_acc", self.seq_acc[name], add_dataloader_idx=False, prog_bar=name == "val")
         if name == "val" and self.hparams.greedy_eval:
-            self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
             self.log("val/greedy_acc", self.greedy_acc, add_dataloader_idx=False)
+
+    def update_eval_metrics(self, name: str, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> None:
+        """Teacher-forced metrics of eval set ``name`` from length-sorted chunks cut after their last label
+        (the padded batch's logits), and on "val" greedy exact match from the incremental decoder."""
+        memory = self.encode(src)  # [B, S, D]
+        for rows, T in length_sorted_chunks(tgt_out, EVAL_CHUNK):
+            logits, targets = self.decode(tgt_in[rows, :T], memory[rows], src[rows]), tgt_out[rows, :T]  # [b, T, V], [b, T]
+            self.metrics[name].update(logits, targets)
+            self.seq_acc[name].update(((logits.argmax(-1) == targets) | (targets == IGNORE)).all(1).float())
+        if name == "val" and self.hparams.greedy_eval:
+            self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)

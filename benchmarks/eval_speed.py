@@ -94,7 +94,7 @@ def scan_variants(train_steps: int, greedy_only: bool):
                 hits = [greedy_exact_match(model.greedy_decode(src, tgt_out.shape[1]), tgt_out) for src, _, tgt_out in loader]
                 out.append(float(torch.cat(hits).float().mean()))
                 continue
-            for metric in (model.metrics[name], model.seq_acc[name], model.greedy_acc):
+            for metric in (model.metrics[name].loss, model.metrics[name].acc, model.seq_acc[name], model.greedy_acc):
                 metric.reset()
             for batch in loader:
                 model.update_eval_metrics(name, *batch)

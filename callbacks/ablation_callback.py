@@ -1,4 +1,4 @@
-"""Remove the current weights' component along Gram directions and measure what the model loses (spec §7).
+"""Remove the current weights' component along Gram directions and measure what the model loses (docs/methods.md §7).
 
 Every run also measures four controls on the same trials: random subspaces of the same dimension, random
 subspaces removing the same norm, a radial shrink by the same norm, and removing θ̂ itself (θ → 0).
@@ -11,8 +11,9 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from torch import Tensor
+from typing_extensions import override
 
-from callbacks.ablation import (
+from callbacks.functional.ablation import (
     norm_matched_removal,
     paired_counts,
     paired_interval,
@@ -21,43 +22,25 @@ from callbacks.ablation import (
     random_subspace,
     ratio_interval,
 )
-from callbacks.edge_test import EdgeTestCallback
-from callbacks.evaluation import Evaluation, evaluate, perturbed
-from callbacks.gram_spectrum import DirectionUnavailable
-from callbacks.perturbation import split_like
-from callbacks.run_results import eval_mode
+from callbacks.utils.causal import CausalTestCallback, check_direction_sets
+from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
+from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from callbacks.utils.param_selection import split_like
+from callbacks.utils.results import unavailable
 
 CONTROLS = ("random", "random_norm", "radial", "theta_hat")
 NAN_INTERVAL = [math.nan, math.nan]
 
 
-def check_direction_sets(sets: dict[str, list[int]], who: str) -> dict[str, list[int]]:
-    """Named sets of 1-indexed Gram directions, e.g. {"edge": [1, 2], "bulk": [3, 4]}."""
-    if not isinstance(sets, dict) or not sets:
-        raise ValueError(f"{who}: `sets` must name at least one direction set, e.g. {{'edge': [1, 2]}}")
-    out = {}
-    for name, ks in sets.items():
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"{who}: set names must be non-empty strings without '/', got {name!r}")
-        ks = list(ks)
-        if not ks:
-            raise ValueError(f"{who}: direction set {name!r} is empty; give 1-indexed directions such as [1, 2]")
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-            raise ValueError(f"{who}: direction set {name!r} must hold integers k >= 1 (v_1 is the top direction), got {ks}")
-        if len(set(ks)) != len(ks):
-            raise ValueError(f"{who}: direction set {name!r} repeats a direction: {ks}")
-        out[name] = ks
-    return out
+UNMEASURED = ("removed_norm", "loss", "accuracy", "delta_loss", "delta_acc")
 
 
-def unavailable(reason: str, **extra: Any) -> dict[str, Any]:
-    """A result that could not be measured: NaN metrics, never a zero effect."""
-    nan = math.nan
-    return {"status": "unavailable", "reason": reason, **extra, "removed_norm": nan, "loss": nan, "accuracy": nan,
-            "delta_loss": nan, "delta_acc": nan, "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
+def unmeasured(reason: str, **fields: Any) -> dict[str, Any]:
+    """An effect that could not be measured: NaN metrics and intervals, never a zero effect."""
+    return {**unavailable(reason, UNMEASURED, **fields), "ci": NAN_INTERVAL, "ci_for_ratio": NAN_INTERVAL}
 
 
-class AblationCallback(EdgeTestCallback):
+class AblationCallback(CausalTestCallback):
     """At scheduled steps, ablate θ' = θ − Σ_{k∈S} ⟨θ, v_k⟩ v_k for each named set S and compare with controls.
 
     θ is the ``UpdateRecorder`` selection and v_k the ``GramSpectrum`` directions of the window ending at the
@@ -86,10 +69,20 @@ class AblationCallback(EdgeTestCallback):
         confidence: level of the Δacc intervals, in (0, 1).
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
-        json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``.
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``
+            (``ablation_{i}.json`` for the i-th further AblationCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import AblationCallback, GramSpectrum, GrokDetector, UpdateRecorder
+
+        ablation = AblationCallback(steps=[500], after_grok=[0, 800], sets={"edge": [1, 2], "bulk": [3, 4]})
+        trainer = Trainer(callbacks=[GrokDetector(), UpdateRecorder(interval=100), GramSpectrum(), ablation])
+        # after trainer.fit(model): ablation.results, also in {log_dir}/ablation.json
     """
 
-    json_name = "ablation.json"
+    json_name = "ablation"
 
     def __init__(
         self,
@@ -107,11 +100,11 @@ class AblationCallback(EdgeTestCallback):
         self.sets = check_direction_sets(sets, "AblationCallback")
         matched_set = next(iter(self.sets)) if matched_set is None else matched_set
         if matched_set not in self.sets:
-            raise ValueError(f"AblationCallback: matched_set {matched_set!r} is not one of the sets {list(self.sets)}")
+            raise ConfigurationError(f"AblationCallback: matched_set {matched_set!r} is not one of the sets {list(self.sets)}")
         if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-            raise ValueError(f"AblationCallback: n_trials must be an integer >= 1, got {n_trials!r}")
+            raise ConfigurationError(f"AblationCallback: n_trials must be an integer >= 1, got {n_trials!r}")
         if not 0 < confidence < 1:
-            raise ValueError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
+            raise ConfigurationError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
         super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
         self.matched_set = matched_set
         self.n_trials = n_trials
@@ -119,9 +112,11 @@ class AblationCallback(EdgeTestCallback):
         self.confidence = confidence
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(sets=self.sets, matched_set=self.matched_set)
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Ablate every set and control on the current weights; parameters are restored bit-exactly."""
         recorder, spectrum = self._recorder, self._spectrum
@@ -140,7 +135,7 @@ class AblationCallback(EdgeTestCallback):
                 try:
                     basis = spectrum.directions(ks).to(theta)  # [m, P]
                 except DirectionUnavailable as err:
-                    sets[name] = unavailable(str(err), directions=ks)
+                    sets[name] = unmeasured(str(err), directions=ks)
                     continue
                 sets[name] = {"status": "ok", "directions": ks, **measure(projection_removal(theta, basis))}
             controls = self._controls(theta, sets[self.matched_set], measure)
@@ -148,7 +143,7 @@ class AblationCallback(EdgeTestCallback):
         ratios = {
             kind: ratio_interval(matched["delta_acc"], matched["ci_for_ratio"], c["delta_acc"], c["ci_for_ratio"], base.trials)
             if matched["status"] == c["status"] == "ok"
-            else {"status": "unavailable", "ratio": math.nan, "interval": NAN_INTERVAL}
+            else {**unavailable("the matched set or the control is unavailable", ("ratio",)), "interval": NAN_INTERVAL}
             for kind, c in controls.items()
         }
         return {
@@ -192,7 +187,7 @@ class AblationCallback(EdgeTestCallback):
             controls["radial"] = {"status": "ok", **measure(radial_removal(theta, norm))}
         else:
             reason = f"matched set {self.matched_set!r} is unavailable"
-            controls.update({kind: unavailable(reason) for kind in ("random", "random_norm", "radial")})
+            controls.update({kind: unmeasured(reason) for kind in ("random", "random_norm", "radial")})
         controls["theta_hat"] = {"status": "ok", **measure(theta)}
         return controls
 
@@ -216,6 +211,7 @@ class AblationCallback(EdgeTestCallback):
         }
 
     @staticmethod
+    @override
     def scalars(result: dict[str, Any]) -> dict[str, float]:
         """The logged scalars of one run (NaN where a set or control is unavailable)."""
         out = {"ablation/base/accuracy": result["base"]["accuracy"], "ablation/base/loss": result["base"]["loss"]}
@@ -228,5 +224,6 @@ class AblationCallback(EdgeTestCallback):
             out[f"ablation/control_{kind}/ratio"] = r["ratio"]
         return out
 
+    @override
     def settings(self) -> dict[str, Any]:
         return {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence}

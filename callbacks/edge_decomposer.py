@@ -1,7 +1,7 @@
 """How much of each edge direction v_k is driven by the gradient and how much by weight decay.
 
 Each row's projection on v_k splits exactly into g_j (optimizer-processed gradient) + w_j (decay), all in
-Gram space from X Xᵀ and X_wd Xᵀ; reports grad% = E[g²]/(E[g²]+E[w²]) and the alignment A = E[g·w].
+Gram space from the recorder's shared G = X Xᵀ and this callback's X_wd Xᵀ (docs/methods.md §5); reports grad% = E[g²]/(E[g²]+E[w²]) and the alignment A = E[g·w].
 """
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from typing_extensions import override
 
-from callbacks.edge_logging import RowAnalysis
-from callbacks.gram_math import append_cross, append_gram, decompose, usable_modes, window_spectrum
+from callbacks.functional.edge_decomposer import append_cross, decompose
+from callbacks.functional.gram_spectrum import usable_modes
 from callbacks.update_recorder import RowEvent
+from callbacks.utils.row_analysis import Products, RowAnalysis, WindowRow
 
 
 class EdgeDecomposer(RowAnalysis):
@@ -23,46 +24,54 @@ class EdgeDecomposer(RowAnalysis):
     Args:
         top_k: leading directions decomposed (at most the recorder's window).
         history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+
+        decomposer = EdgeDecomposer(top_k=3)
+        trainer = Trainer(callbacks=[UpdateRecorder(interval=100, window=5), GramSpectrum(), decomposer])
+        # after trainer.fit(...): decomposer.latest["edge/grad_frac_v1"]
     """
 
     def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
         super().__init__(top_k, history_path)
-        self._gram = torch.zeros(0, 0, dtype=torch.float64)  # X Xᵀ of the window
-        self._cross = torch.zeros(0, 0, dtype=torch.float64)  # X_wd Xᵀ: [i, j] = wd_i · total_j
+        self._cross = torch.zeros(0, 0, dtype=torch.float64)  # X_wd Xᵀ of the window: [i, j] = wd_i · total_j
 
-    def _row_products(self, event: RowEvent) -> Tensor:
+    @override
+    def row_products(self, event: RowEvent) -> Products:
         x, d = event.total, event.wd
-        return torch.cat(
-            [event.ring_total @ x, event.ring_total @ d, event.ring_wd @ x, torch.stack([x @ x, d @ x, d @ d])]
-        )
+        return {"ring_x_wd": event.ring_total @ d, "ring_wd_x": event.ring_wd @ x, "wd_x": d @ x, "wd_wd": d @ d}
 
-    def _absorb(self, index: int, products: Tensor) -> dict[str, float]:
-        W = self._recorder.window
-        order = self._recorder.ring_order(index)
-        tot_tot, tot_wd, wd_tot = (products[i * W : (i + 1) * W][order] for i in range(3))
-        xx, dx, dd = products[3 * W :]
-        self._gram = append_gram(self._gram, tot_tot, xx, keep=W)
-        self._cross = append_cross(self._cross, new_row=tot_wd, new_col=wd_tot, corner=dx, keep=W)
+    @override
+    def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:
+        dx, dd = products["wd_x"], products["wd_wd"]
+        self._cross = append_cross(
+            self._cross, new_row=row.oldest_first(products["ring_x_wd"]), new_col=row.oldest_first(products["ring_wd_x"]),
+            corner=dx, keep=self._recorder.window,
+        )
         metrics = {
             "update/norm_wd": math.sqrt(float(dd)),
-            "update/norm_grad": math.sqrt(max(float(xx - 2 * dx + dd), 0.0)),
+            "update/norm_grad": math.sqrt(max(row.xx - 2 * float(dx) + float(dd), 0.0)),
         }
-        w = self._gram.shape[0]
-        if w < 2:
+        if row.size < 2:
             return metrics
-        sigma, u = window_spectrum(self._gram)
+        sigma, u = row.sigma, row.u
         for k in range(1, usable_modes(sigma, self.top_k) + 1):
             parts = decompose(self._cross, u[:, k - 1], float(sigma[k - 1]))
             for name in ("grad_frac", "alignment", "grad_mean", "wd_mean"):
                 metrics[f"edge/{name}_v{k}"] = parts[name]
         return metrics
 
+    @override
     def custom_scalar_charts(self) -> dict[str, list]:
         return {"grad_frac_vk": ["Multiline", [f"edge/grad_frac_v{k}" for k in range(1, self.top_k + 1)]]}
 
+    @override
     def _analysis_state(self) -> dict[str, Any]:
-        return {"gram": self._gram.clone(), "cross": self._cross.clone()}
+        return {"cross": self._cross.clone()}
 
+    @override
     def _load_analysis_state(self, state: dict[str, Any]) -> None:
-        self._gram = state["gram"].to(torch.float64)
         self._cross = state["cross"].to(torch.float64)

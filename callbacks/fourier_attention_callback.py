@@ -1,5 +1,5 @@
 """At scheduled steps: positional DFT of hidden states, per-head attention summaries, and optionally the
-depth-basis Fourier of the Gram edge's perturbation response (spec §10.1, §10.2-10.3, §10.4, §6.4).
+depth-basis Fourier of the Gram edge's perturbation response (docs/methods.md §10, §6.4).
 
 Everything comes from the model's own forward on validation batches: module outputs and attention
 probabilities are captured by hooks; the edge perturbation is undone bit-exactly.
@@ -13,27 +13,30 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
+from typing_extensions import override
 
-from callbacks.attention import (
-    captured_attention, attention_modules, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern,
-    pattern_power, recent_score, uniform_causal_entropy,
+from callbacks.functional.fourier_attention import (
+    grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
+    positional_power, recent_score, summarize_spectrum, uniform_causal_entropy,
 )
-from callbacks.evaluation import evaluation_batches, perturbed, require_evaluable
-from callbacks.fourier import grouped_spectrum, positional_power, summarize_spectrum
-from callbacks.gram_spectrum import DirectionUnavailable, GramSpectrum
-from callbacks.hidden_states import captured_outputs, resolve_modules
-from callbacks.perturbation import split_like
-from callbacks.probe_callback import json_name, module_aliases, require_target, run_once
-from callbacks.probes import run_probes
-from callbacks.protocols import ProbeableModule, ProbeTarget
-from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import ScheduledCallback
+from callbacks.functional.probe import run_probes
 from callbacks.update_recorder import UpdateRecorder
+from callbacks.utils.causal import SPECTRUM_HINT, check_directions
+from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, bad_input_is_configuration
+from callbacks.utils.evaluation import eval_mode, evaluation_batches, perturbed, require_evaluable
+from callbacks.utils.hidden_states import (
+    attention_modules, captured_sequences, module_aliases, require_target, resolve_modules,
+)
+from callbacks.utils.param_selection import split_like
+from callbacks.utils.protocols import DirectionSource, ProbeableModule, ProbeTarget
+from callbacks.utils.results import unavailable, write_results
+from callbacks.utils.schedule import ScheduledCallback
+from callbacks.utils.trainer import find, log_scalars
 
 
 def check_aligned(mask: Tensor, shape: torch.Size, alias: str, target: str) -> None:
     if tuple(mask.shape) != tuple(shape[:2]):
-        raise ValueError(
+        raise ConfigurationError(
             f"FourierAttentionCallback: the mask of target {target!r} has shape {tuple(mask.shape)} but {alias!r} has "
             f"[B, T] = {tuple(shape[:2])}; use a separate callback without mask_target for this module"
         )
@@ -43,7 +46,7 @@ def cat_batches(chunks: list[Tensor], alias: str) -> Tensor:
     """Concatenate per-batch captures along the batch axis; they must share every other size."""
     shapes = {tuple(c.shape[1:]) for c in chunks}
     if len(shapes) > 1:
-        raise ValueError(f"FourierAttentionCallback: {alias!r} has batches of different shapes {sorted(shapes)}; "
+        raise ConfigurationError(f"FourierAttentionCallback: {alias!r} has batches of different shapes {sorted(shapes)}; "
                          "pad the validation batches to one length")
     return torch.cat(chunks)
 
@@ -77,6 +80,16 @@ class FourierAttentionCallback(ScheduledCallback):
         seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
             (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import FourierAttentionCallback, GramSpectrum, UpdateRecorder
+
+        fourier = FourierAttentionCallback(modules={"layer_1": "encoder.layers.1"}, mask_target="depth", steps=[500],
+                                           response_module="ln_f", response_target="depth")
+        trainer = Trainer(callbacks=[UpdateRecorder(interval=100), GramSpectrum(), fourier])
+        # after trainer.fit(model): fourier.results, also in {log_dir}/fourier_attention.json
     """
 
     def __init__(
@@ -99,15 +112,14 @@ class FourierAttentionCallback(ScheduledCallback):
         self.modules = module_aliases(modules, "FourierAttentionCallback", allow_empty=True)
         self.attention = None if attention is None else module_aliases(attention, "FourierAttentionCallback", allow_empty=True)
         if max_sequences is not None and max_sequences < 1:
-            raise ValueError(f"FourierAttentionCallback: max_sequences must be >= 1 or None, got {max_sequences}")
+            raise ConfigurationError(f"FourierAttentionCallback: max_sequences must be >= 1 or None, got {max_sequences}")
         if (response_module is None) != (response_target is None):
-            raise ValueError("FourierAttentionCallback: give both response_module and response_target, or neither")
-        if any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in directions) or not directions:
-            raise ValueError(f"FourierAttentionCallback: directions must be 1-indexed integers >= 1, got {directions}")
+            raise ConfigurationError("FourierAttentionCallback: give both response_module and response_target, or neither")
+        directions = check_directions(directions, "FourierAttentionCallback", "directions")
         if not eps_scale > 0:
-            raise ValueError(f"FourierAttentionCallback: eps_scale must be > 0, got {eps_scale}")
+            raise ConfigurationError(f"FourierAttentionCallback: eps_scale must be > 0, got {eps_scale}")
         if not self.modules and self.attention == {} and response_module is None:
-            raise ValueError("FourierAttentionCallback has nothing to do: give modules, attention (None: all) or response_module")
+            raise ConfigurationError("FourierAttentionCallback has nothing to do: give modules, attention (None: all) or response_module")
         self.mask_target = mask_target
         super().__init__(steps, after_grok)
         self.dataloader_idx = dataloader_idx
@@ -121,6 +133,7 @@ class FourierAttentionCallback(ScheduledCallback):
         self.json_path = json_path
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(modules=self.modules, attention=self.attention, response=self.response_module)
 
@@ -132,26 +145,30 @@ class FourierAttentionCallback(ScheduledCallback):
         attn = attention_modules(pl_module, None if self.attention is None else list(self.attention.values()), who)
         self._attention = self.attention if self.attention is not None else {name: name for name in attn}
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the module, its names and targets before the first step; find the recorder and spectrum the edge response needs."""
         who = "FourierAttentionCallback"
         self.prepare(pl_module)
         wanted = [t for t in (self.mask_target, self.response_target) if t is not None]
         if wanted:
             if not isinstance(pl_module, ProbeableModule):
-                raise TypeError(f"{who} needs the LightningModule to define `probe_targets(batch)` for its targets")
+                raise ConfigurationError(f"{who} needs the LightningModule to define `probe_targets(batch)` for its targets")
             targets = pl_module.probe_targets(evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0])
             for name in wanted:
                 require_target(targets, name, who)
         if self.response_module is not None:
             self._recorder = UpdateRecorder.find(trainer)
-            self._spectrum = GramSpectrum.find(trainer)
+            self._spectrum = find(trainer, DirectionSource, SPECTRUM_HINT, "GramSpectrum")
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         with eval_mode(pl_module), torch.no_grad():
             result = self.run(pl_module, evaluation_batches(trainer, pl_module, self.dataloader_idx))
         log_scalars(trainer, self.scalars(result))
         return [result]
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """All summaries on the current weights, from the first ``max_sequences`` sequences of ``batches``.
 
@@ -163,27 +180,17 @@ class FourierAttentionCallback(ScheduledCallback):
         reps: dict[str, list[Tensor]] = {name: [] for name in names}
         probs: dict[str, list[Tensor]] = {alias: [] for alias in self._attention}
         targets: list[dict[str, ProbeTarget]] = []
-        used: list[tuple[Any, int]] = []
-        remaining = self.max_sequences
-        for batch in batches:
-            with captured_outputs(pl_module, names, who) as out, \
-                    captured_attention(pl_module, list(self._attention.values()), who) as att:
-                pl_module.labelled_logits(batch)
-            out, att = run_once(out, who), run_once(att, who)
-            rows = next(iter([*out.values(), *att.values()])).shape[0]
-            keep = rows if remaining is None else min(rows, remaining)
+        used: list[Any] = []  # the batches that were captured
+        with_targets = self.mask_target is not None or self.response_target is not None
+        for seen in captured_sequences(pl_module, batches, names, who, list(self._attention.values()),
+                                       self.max_sequences, with_targets):
             for name in names:
-                reps[name].append(out[name][:keep].cpu())
+                reps[name].append(seen.outputs[name].cpu())
             for alias, name in self._attention.items():
-                probs[alias].append(att[name][:keep].cpu())
-            if self.mask_target is not None or self.response_target is not None:
-                targets.append({name: ProbeTarget(t.values[:keep].cpu(), t.mask[:keep].cpu(), t.categorical,
-                                                  t.groups[:keep].cpu()) for name, t in pl_module.probe_targets(batch).items()})
-            used.append((batch, keep))
-            if remaining is not None:
-                remaining -= keep
-                if remaining == 0:
-                    break
+                probs[alias].append(seen.attention[name].cpu())
+            if with_targets:
+                targets.append(seen.targets)
+            used.append(seen.batch)
         masks = [t[self.mask_target].mask for t in targets] if self.mask_target is not None else []
         result: dict[str, Any] = {"fourier": {}, "attention": {}}
         for alias, name in self.modules.items():
@@ -225,9 +232,9 @@ class FourierAttentionCallback(ScheduledCallback):
         return {"causal": causal, "uniform_entropy": uniform_causal_entropy(p.shape[-2]) if causal else math.log(p.shape[-1]),
                 "pattern_power": pattern_power(pattern).tolist(), **heads}
 
-    def _edge_response(self, pl_module: pl.LightningModule, used: list[tuple[Any, int]], base: list[Tensor],
+    def _edge_response(self, pl_module: pl.LightningModule, batches: list[Any], base: list[Tensor],
                        targets: list[ProbeTarget]) -> dict[str, Any]:
-        """Per direction: f_k per token, grouped by the response target (§10.4), and the Δh → target probe (§6.4)."""
+        """Per direction: f_k per token, grouped by the response target (docs/methods.md §10.3), and the Δh → target probe (docs/methods.md §6.4)."""
         who = "FourierAttentionCallback"
         params = self._recorder.selection.params
         theta = self._recorder.flat_params().double()  # [P]
@@ -241,24 +248,26 @@ class FourierAttentionCallback(ScheduledCallback):
             try:
                 v = self._spectrum.directions([k])[0].to(theta)  # [P]
             except DirectionUnavailable as err:
-                edge[f"v{k}"] = {"available": False, "reason": str(err)}
+                edge[f"v{k}"] = unavailable(str(err))
                 continue
             deltas = []
             with perturbed(params, split_like(theta + eps * v, params)):
-                for (batch, keep), h0, m in zip(used, base, mask):
-                    with captured_outputs(pl_module, [self.response_module], who) as out:
-                        pl_module.labelled_logits(batch)
-                    h = run_once(out, who)[self.response_module][:keep].cpu()
+                again = captured_sequences(pl_module, batches, [self.response_module], who,
+                                           max_sequences=self.max_sequences)
+                for seen, h0, m in zip(again, base, mask):
+                    h = seen.outputs[self.response_module].cpu()
                     deltas.append((h.double() - h0.double())[m])  # [n_b, D]
             delta = torch.cat(deltas)  # [n, D]
             f = delta.square().sum(-1)  # [n]
-            spec = grouped_spectrum(f, values)
-            func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
-            edge[f"v{k}"] = {"available": True, "levels": spec.levels, "power": spec.power.tolist(),
+            with bad_input_is_configuration(f"FourierAttentionCallback (response target {self.response_target!r})"):
+                spec = grouped_spectrum(f, values)
+                func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
+            edge[f"v{k}"] = {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
                              "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
                              "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
         return edge
 
+    @override
     def scalars(self, result: dict[str, Any]) -> dict[str, float]:
         out: dict[str, float] = {}
         for alias, e in result["fourier"].items():
@@ -275,13 +284,15 @@ class FourierAttentionCallback(ScheduledCallback):
             if self.mask_target is not None:
                 out[f"attention/{alias}/entropy_all"] = float(np.mean(a["entropy_all"]))
         for name, e in result.get("edge", {}).items():
-            if name != "eps" and e["available"]:
+            if name != "eps" and e["status"] == "ok":
                 for key in ("F", "omega_star", "elevation"):
                     out[f"fourier_edge/{name}/{key}"] = float(e[key])
                 metric = next(key for key in e if key.startswith("func_"))
                 out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
         return out
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write every result to JSON (rank zero)."""
         if trainer.is_global_zero:
-            write_json(trainer, self.json_path, json_name(trainer, self, "fourier_attention"), {"results": self.results})
+            write_results(trainer, self, self.json_path, "fourier_attention", {"results": self.results})

@@ -17,15 +17,9 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.errors import LitGrokError
+from callbacks.utils.errors import RunInterrupted
 
 SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
-
-
-class RunInterrupted(LitGrokError):
-    """The run stopped on a signal after writing its checkpoint; the message says where and how to resume."""
-
-    exit_code = 130  # what a shell reports for a program stopped by Ctrl-C
 
 
 class InterruptCheckpoint(Checkpoint):

@@ -1,49 +1,40 @@
-"""Move the weights along Gram directions and random directions; measure loss, accuracy, KL and curvature (§6).
+"""Move the weights along Gram directions and random directions; measure loss, accuracy, KL and curvature (docs/methods.md §6).
 
-Curvature vᵀHv is exact (double backward of the evaluation loss w.r.t. the selected parameters); the §6.2
-finite difference at ε = fd_scale·‖θ‖ sits beside it, with σ_k against |ΔL| at that ε (§6.3).
+Curvature vᵀHv is exact (double backward of the evaluation loss w.r.t. the selected parameters); the docs/methods.md §6.2
+finite difference at ε = fd_scale·‖θ‖ sits beside it, with σ_k against |ΔL| at that ε (docs/methods.md §6.3).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from typing_extensions import override
 
-from callbacks.ablation import random_subspace
-from callbacks.ablation_callback import check_direction_sets
-from callbacks.edge_test import EdgeTestCallback
-from callbacks.evaluation import Evaluation, evaluate, perturbed
-from callbacks.gram_spectrum import DirectionUnavailable
-from callbacks.perturbation import check_eps_grid, hessian_quadratic_forms, kl_divergence, second_difference, split_like
-from callbacks.run_results import eval_mode
+from callbacks.functional.ablation import random_subspace
+from callbacks.functional.perturbation import (
+    exact_curvatures, kl_divergence, second_difference,
+)
+from callbacks.utils.causal import CausalTestCallback, check_directions
+from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
+from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from callbacks.utils.param_selection import split_like
+from callbacks.utils.results import unavailable
 
-REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (§6.1)
-
-
-def exact_curvatures(pl_module: pl.LightningModule, batches: list[Any], params: tuple[Tensor, ...],
-                     directions: list[Tensor], n_tokens: int) -> list[float]:
-    """vᵀHv of the token-mean evaluation loss for each flat direction v [P], summed batch by batch.
-
-    Uses the math attention kernel: the fused CPU/GPU kernels have no double backward.
-    """
-    pieces = [split_like(v, params) for v in directions]
-    total = np.zeros(len(directions))
-    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-        for batch in batches:
-            logits, targets, _ = pl_module.labelled_logits(batch)  # [N, C], [N]
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(logits, targets, reduction="sum") / n_tokens
-            total += hessian_quadratic_forms(loss, params, pieces)
-    return total.tolist()
+REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (docs/methods.md §6.1)
 
 
-class PerturbationCallback(EdgeTestCallback):
+def check_eps_grid(eps: Sequence[float]) -> list[float]:
+    """The grid as floats; it must contain 0, the unperturbed reference point of every curve."""
+    grid = [float(e) for e in eps]
+    if 0.0 not in grid:
+        raise ConfigurationError(f"the ε grid must contain 0 (the unperturbed model), got {grid}")
+    return grid
+
+
+class PerturbationCallback(CausalTestCallback):
     """At scheduled steps, evaluate θ + ε·d on a grid of ε for Gram directions v_k and random unit directions.
 
     Per direction: loss, accuracy and mean KL(p‖p_ε) over labelled tokens at every ε (exact log-softmax
@@ -63,10 +54,20 @@ class PerturbationCallback(EdgeTestCallback):
         fd_scale: the finite difference uses ε = fd_scale·‖θ‖ (the reference's 1e-3).
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
-        json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``.
+        json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``
+            (``perturbation_{i}.json`` for the i-th further PerturbationCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import GramSpectrum, PerturbationCallback, UpdateRecorder
+
+        perturbation = PerturbationCallback(steps=[500, 1400], directions=[1, 2, 3, 4], n_random=4)
+        trainer = Trainer(callbacks=[UpdateRecorder(interval=100), GramSpectrum(), perturbation])
+        # after trainer.fit(model): perturbation.results, also in {log_dir}/perturbation.json
     """
 
-    json_name = "perturbation.json"
+    json_name = "perturbation"
 
     def __init__(
         self,
@@ -83,13 +84,13 @@ class PerturbationCallback(EdgeTestCallback):
         max_batches: int | None = None,
         json_path: str | None = None,
     ) -> None:
-        self.directions = check_direction_sets({"directions": directions}, "PerturbationCallback")["directions"]
+        self.directions = check_directions(directions, "PerturbationCallback", "directions")
         if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
-            raise ValueError(f"PerturbationCallback: n_random must be an integer >= 1, got {n_random!r}")
+            raise ConfigurationError(f"PerturbationCallback: n_random must be an integer >= 1, got {n_random!r}")
         if eps_mode not in ("absolute", "relative"):
-            raise ValueError(f"PerturbationCallback: eps_mode must be 'absolute' or 'relative', got {eps_mode!r}")
+            raise ConfigurationError(f"PerturbationCallback: eps_mode must be 'absolute' or 'relative', got {eps_mode!r}")
         if not fd_scale > 0:
-            raise ValueError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
+            raise ConfigurationError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
         super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
         self.n_random = n_random
         self.seed = seed
@@ -99,9 +100,11 @@ class PerturbationCallback(EdgeTestCallback):
         self.fd_scale = fd_scale
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
 
+    @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
         """Curves and curvatures on the current weights; parameters are restored bit-exactly after each."""
         recorder, spectrum = self._recorder, self._spectrum
@@ -142,7 +145,8 @@ class PerturbationCallback(EdgeTestCallback):
                                  loss_plus=plus, loss_minus=minus)
                 entries[name] = entry
             if self.curvature:
-                hvps = exact_curvatures(pl_module, batches, params, [d for d, _ in found.values()], base.token_total)
+                pieces = [split_like(d, params) for d, _ in found.values()]
+                hvps = exact_curvatures(pl_module, batches, params, pieces, base.token_total)
                 for name, h in zip(found, hvps):
                     entries[name]["hvp"] = h
         return {
@@ -158,12 +162,10 @@ class PerturbationCallback(EdgeTestCallback):
         }
 
     def _unavailable(self, k: int, sigma: float, reason: str) -> dict[str, Any]:
-        nan = math.nan
-        entry = {"status": "unavailable", "reason": reason, "k": k, "sigma": sigma, "curve": [], "max_kl": nan}
-        if self.curvature:
-            entry.update(hvp=nan, fd=nan, delta_loss=nan, loss_plus=nan, loss_minus=nan)
-        return entry
+        nan_fields = ("max_kl",) + (("hvp", "fd", "delta_loss", "loss_plus", "loss_minus") if self.curvature else ())
+        return unavailable(reason, nan_fields, k=k, sigma=sigma, curve=[])
 
+    @override
     def scalars(self, result: dict[str, Any]) -> dict[str, float]:
         """The logged scalars of one run (NaN where a direction is unavailable)."""
         keys = ("hvp", "fd", "delta_loss") if self.curvature else ()
@@ -181,6 +183,7 @@ class PerturbationCallback(EdgeTestCallback):
             out[f"curvature/random/{key}_mean"] = float(np.mean(values))
         return out
 
+    @override
     def settings(self) -> dict[str, Any]:
         return {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
                 "eps_mode": self.eps_mode, "fd_scale": self.fd_scale}

@@ -1,4 +1,4 @@
-"""Probe hidden states for a per-token target at scheduled steps (spec §8, with the §13.13 fixes).
+"""Probe hidden states for a per-token target at scheduled steps (docs/methods.md §8).
 
 Outputs of named modules are captured by forward hooks on validation batches; the LightningModule supplies
 the target (``probe_targets``). Linear, quadratic and MLP probes are fit on a by-sequence-group split.
@@ -10,43 +10,16 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
-from callbacks.evaluation import evaluation_batches, require_evaluable
-from callbacks.hidden_states import captured_outputs, resolve_modules
-from callbacks.probes import PROBE_KINDS, run_probes, token_samples
-from callbacks.protocols import ProbeableModule, ProbeTarget
-from callbacks.run_results import eval_mode, log_scalars, write_json
-from callbacks.schedule import ScheduledCallback
-
-
-def module_aliases(modules: list[str] | dict[str, str], who: str, allow_empty: bool = False) -> dict[str, str]:
-    """{alias: module name}; a list uses the module names as aliases."""
-    aliases = dict(modules) if isinstance(modules, dict) else {name: name for name in modules}
-    if not aliases and not allow_empty:
-        raise ValueError(f"{who}: give at least one module name in `modules`")
-    return aliases
-
-
-def require_target(targets: dict[str, ProbeTarget], name: str, who: str) -> ProbeTarget:
-    if name not in targets:
-        raise ValueError(f"{who}: the module provides no probe target {name!r}; its probe_targets(batch) has {sorted(targets)}")
-    return targets[name]
-
-
-def run_once(states: dict[str, list[torch.Tensor]], who: str) -> dict[str, torch.Tensor]:
-    """The single output of each captured module; a module called several times per forward is ambiguous."""
-    for name, outs in states.items():
-        if len(outs) != 1:
-            raise ValueError(f"{who}: module {name!r} ran {len(outs)} times in one forward; name a module that runs once")
-    return {name: outs[0] for name, outs in states.items()}
-
-
-def json_name(trainer: pl.Trainer, callback: Callback, stem: str) -> str:
-    """``{stem}.json`` for the first callback of its class in the trainer, ``{stem}_{i}.json`` for the i-th after it."""
-    same = [cb for cb in trainer.callbacks if type(cb) is type(callback)]
-    i = next(k for k, cb in enumerate(same) if cb is callback)
-    return f"{stem}.json" if i == 0 else f"{stem}_{i}.json"
+from callbacks.functional.probe import PROBE_KINDS, run_probes, token_samples
+from callbacks.utils.errors import ConfigurationError, bad_input_is_configuration
+from callbacks.utils.evaluation import eval_mode, evaluation_batches, require_evaluable
+from callbacks.utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
+from callbacks.utils.protocols import ProbeableModule
+from callbacks.utils.results import write_results
+from callbacks.utils.schedule import ScheduledCallback
+from callbacks.utils.trainer import log_scalars
 
 
 class ProbeCallback(ScheduledCallback):
@@ -75,6 +48,15 @@ class ProbeCallback(ScheduledCallback):
             reference did, whose fixed Ridge penalty makes R² fall when the representation shrinks.
         json_path: where to write ``results`` at fit end; default ``{log_dir}/probes_{target}.json``
             (``probes_{target}_{i}.json`` for the i-th further ProbeCallback of the trainer).
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import ProbeCallback
+
+        probe = ProbeCallback(modules={"layer_1": "encoder.layers.1"}, target="depth", steps=[200, 600, 2000])
+        trainer = Trainer(callbacks=[probe])
+        # after trainer.fit(model): probe.results, also in {log_dir}/probes_depth.json
     """
 
     def __init__(
@@ -97,14 +79,14 @@ class ProbeCallback(ScheduledCallback):
         self.modules = module_aliases(modules, "ProbeCallback")
         unknown = [p for p in probes if p not in PROBE_KINDS]
         if unknown or not probes:
-            raise ValueError(f"ProbeCallback: unknown probe kind {unknown[0] if unknown else None!r}; choose from {PROBE_KINDS}")
+            raise ConfigurationError(f"ProbeCallback: unknown probe kind {unknown[0] if unknown else None!r}; choose from {PROBE_KINDS}")
         if not 0 < test_fraction < 1:
-            raise ValueError(f"ProbeCallback: test_fraction must lie in (0, 1), got {test_fraction}")
+            raise ConfigurationError(f"ProbeCallback: test_fraction must lie in (0, 1), got {test_fraction}")
         for name, value in (("max_sequences", max_sequences), ("max_tokens", max_tokens)):
             if value is not None and value < 2:
-                raise ValueError(f"ProbeCallback: {name} must be >= 2 or None, got {value}")
+                raise ConfigurationError(f"ProbeCallback: {name} must be >= 2 or None, got {value}")
         if not (ridge_alpha > 0 and quadratic_alpha > 0):
-            raise ValueError(f"ProbeCallback: ridge_alpha and quadratic_alpha must be > 0, got {ridge_alpha}, {quadratic_alpha}")
+            raise ConfigurationError(f"ProbeCallback: ridge_alpha and quadratic_alpha must be > 0, got {ridge_alpha}, {quadratic_alpha}")
         self.target = target
         self.probes = tuple(probes)
         super().__init__(steps, after_grok)
@@ -119,13 +101,16 @@ class ProbeCallback(ScheduledCallback):
         self.json_path = json_path
 
     @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(modules=self.modules, target=self.target, standardize=self.standardize)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Check the module, the module names and the target before the first step."""
         require_evaluable(pl_module, "ProbeCallback")
         if not isinstance(pl_module, ProbeableModule):
-            raise TypeError("ProbeCallback needs the LightningModule to define `probe_targets(batch)` (callbacks.protocols)")
+            raise ConfigurationError("ProbeCallback needs the LightningModule to define `probe_targets(batch)` (callbacks.utils.protocols)")
         resolve_modules(pl_module, list(self.modules.values()), "ProbeCallback")
         batch = evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0]
         require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
@@ -137,43 +122,41 @@ class ProbeCallback(ScheduledCallback):
         names = list(self.modules.values())
         feats: dict[str, list] = {alias: [] for alias in self.modules}
         values, groups, categorical = [], [], None
-        remaining = self.max_sequences
-        with eval_mode(pl_module):
-            for batch in evaluation_batches(trainer, pl_module, self.dataloader_idx):
-                with torch.no_grad(), captured_outputs(pl_module, names, "ProbeCallback") as store:
-                    pl_module.labelled_logits(batch)
-                states = run_once(store, "ProbeCallback")
-                target = require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
-                keep = target.mask.shape[0] if remaining is None else min(remaining, target.mask.shape[0])
-                target = ProbeTarget(target.values[:keep], target.mask[:keep], target.categorical, target.groups[:keep])
+        batches = evaluation_batches(trainer, pl_module, self.dataloader_idx)
+        with eval_mode(pl_module), torch.no_grad():
+            for seen in captured_sequences(pl_module, batches, names, "ProbeCallback", max_sequences=self.max_sequences,
+                                           with_targets=True):
+                target = require_target(seen.targets, self.target, "ProbeCallback")
                 for alias, name in self.modules.items():
-                    x, y, g = token_samples(states[name][:keep], target)
+                    with bad_input_is_configuration(f"ProbeCallback (module {name!r})"):
+                        x, y, g = token_samples(seen.outputs[name], target)
                     feats[alias].append(x)
                 values.append(y)
                 groups.append(g)
                 categorical = target.categorical
-                if remaining is not None:
-                    remaining -= keep
-                    if remaining == 0:
-                        break
         data = {alias: np.concatenate(x) for alias, x in feats.items()}
         return data, np.concatenate(values), np.concatenate(groups), bool(categorical)
 
+    @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         """One record per (module, probe) with its held-out score."""
         data, values, groups, categorical = self.collect(trainer, pl_module)
         metrics, records = {}, []
         for alias, features in data.items():
-            for res in run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
-                                  self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize):
+            with bad_input_is_configuration("ProbeCallback"):
+                found = run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
+                                   self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize)
+            for res in found:
                 metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value
                 records.append({"module": alias, "probe": res.kind, "metric": res.metric, "value": res.value,
                                 "n_train": res.n_train, "n_test": res.n_test})
         log_scalars(trainer, metrics)
         return records
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write every result to JSON (rank zero)."""
         if not trainer.is_global_zero:
             return
         payload = {"target": self.target, "modules": self.modules, "results": self.results}
-        write_json(trainer, self.json_path, json_name(trainer, self, f"probes_{self.target}"), payload)
+        write_results(trainer, self, self.json_path, f"probes_{self.target}", payload)

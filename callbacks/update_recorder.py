@@ -17,9 +17,11 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, Optimizer
+from typing_extensions import override
 
-from callbacks.errors import ConfigurationError, NonFiniteError
-from callbacks.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from callbacks.utils.errors import ConfigurationError, NonFiniteError
+from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from callbacks.utils.trainer import find
 
 SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
 LOW_PRECISION = {torch.bfloat16: "bf16-true", torch.float16: "16-true"}  # parameter dtype -> Lightning precision
@@ -127,6 +129,15 @@ class UpdateRecorder(Callback):
     optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
     (``precision="bf16-true"``) the decay part is the rounded decay AdamW applied (zero when θ·(1 − ηω)
     rounds back to θ); SGD's coupled decay and fused AdamW cannot be measured there and are refused.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+
+        recorder = UpdateRecorder(params="attn_weights", interval=100, window=5)  # a row = 100 summed updates
+        trainer = Trainer(callbacks=[recorder, GramSpectrum(top_k=5), EdgeDecomposer(top_k=5)])
+        # after trainer.fit(model): recorder.window_rows() -> (X_total, X_wd), each [w, P]
     """
 
     def __init__(
@@ -140,11 +151,11 @@ class UpdateRecorder(Callback):
     ) -> None:
         check_spec(params)
         if not isinstance(interval, int) or interval < 1:
-            raise ValueError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
+            raise ConfigurationError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
         if not isinstance(window, int) or window < 2:
-            raise ValueError(f"window must be an integer >= 2 (rows per Gram window), got {window!r}")
+            raise ConfigurationError(f"window must be an integer >= 2 (rows per Gram window), got {window!r}")
         if on_nonfinite not in ("error", "skip"):
-            raise ValueError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
+            raise ConfigurationError(f"on_nonfinite must be 'error' or 'skip', got {on_nonfinite!r}")
         self.params = list(params) if not isinstance(params, str) else params
         self.interval = interval
         self.window = window
@@ -166,13 +177,8 @@ class UpdateRecorder(Callback):
     # ---------------------------------------------------------------- public API
     @staticmethod
     def find(trainer: "pl.Trainer") -> "UpdateRecorder":
-        found = [cb for cb in trainer.callbacks if isinstance(cb, UpdateRecorder)]
-        if len(found) != 1:
-            raise ValueError(
-                f"expected exactly one UpdateRecorder in trainer.callbacks, found {len(found)}: "
-                "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]"
-            )
-        return found[0]
+        """The trainer's one UpdateRecorder (a ConfigurationError if it has none or several)."""
+        return find(trainer, UpdateRecorder, "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]")
 
     @property
     def selection(self) -> Selection:
@@ -188,14 +194,14 @@ class UpdateRecorder(Callback):
     def write_flat_params(self, vec: Tensor) -> None:
         """Copy ``vec`` [P] into the selected parameters, in place."""
         if vec.numel() != self.selection.numel:
-            raise ValueError(f"write_flat_params needs {self.selection.numel} values, got {vec.numel()}")
+            raise ConfigurationError(f"write_flat_params needs {self.selection.numel} values, got {vec.numel()}")
         for block, p in zip(self.selection.blocks, self.selection.params):
             local_tensor(p).copy_(vec[block.offset : block.offset + block.numel].view(block.shape))
 
     def window_rows(self, include_raw: bool = False) -> tuple[Tensor, ...]:
         """(X_total, X_wd[, X_raw]) [w, P] of the last w = min(window, rows_done) rows, oldest→newest."""
         if include_raw and not self.keep_raw_grad:
-            raise ValueError("raw gradient rows need UpdateRecorder(keep_raw_grad=True)")
+            raise ConfigurationError("raw gradient rows need UpdateRecorder(keep_raw_grad=True)")
         if self._selection is None:
             raise RuntimeError("UpdateRecorder has no rows yet: it starts recording when fitting starts")
         order = self.ring_order(self.rows_done)
@@ -250,10 +256,10 @@ class UpdateRecorder(Callback):
                     where[id(p)] = (opt, i)
         missing = [n for n, p in zip(selection.names, selection.params) if id(p) not in where]
         if missing:
-            raise ValueError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
+            raise ConfigurationError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
         owners = {id(where[id(p)][0]) for p in selection.params}
         if len(owners) > 1:
-            raise ValueError("the selected parameters span several optimizers: select parameters of one optimizer")
+            raise ConfigurationError("the selected parameters span several optimizers: select parameters of one optimizer")
         return where[id(selection.params[0])][0], [where[id(p)][1] for p in selection.params]
 
     def _allocate(self, selection: Selection) -> None:
@@ -386,16 +392,23 @@ class UpdateRecorder(Callback):
         return [(rows - m + i) % self.window for i in range(m)]
 
     # ---------------------------------------------------------------- Lightning hooks
+    @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Select the parameters and hook the optimizer that trains them (it exists from fit start)."""
         self.attach(pl_module, trainer.optimizers)
 
+    @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Remove the optimizer hooks."""
         self.detach()
 
+    @override
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        """Remove the optimizer hooks (Lightning runs no teardown after an exception)."""
         self.detach()
 
     # ---------------------------------------------------------------- checkpointing
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self._selection is None:
             return dict(self._pending_state or {})
@@ -418,7 +431,9 @@ class UpdateRecorder(Callback):
             "shadow": _to_cpu(self._shadow),
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the rows; before ``attach`` the state waits until the buffers exist."""
         if self._selection is None:
             self._pending_state = dict(state_dict)  # applied when attach() has allocated the buffers
         else:
@@ -428,12 +443,12 @@ class UpdateRecorder(Callback):
         if not state:
             return
         if (state["interval"], state["window"]) != (self.interval, self.window):
-            raise ValueError(
+            raise ConfigurationError(
                 f"checkpoint recorded interval={state['interval']}, window={state['window']} but this UpdateRecorder "
                 f"has interval={self.interval}, window={self.window}: use the checkpoint's values to resume"
             )
         if tuple(state["names"]) != self.selection.names or state["numel"] != self.selection.numel:
-            raise ValueError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
+            raise ConfigurationError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
         self.steps_done, self.rows_done = state["steps_done"], state["rows_done"]
         self.rows_skipped, self._row_steps = state["rows_skipped"], state["row_steps"]
         order = self.ring_order(self.rows_done)

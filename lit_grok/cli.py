@@ -16,9 +16,10 @@ import jsonargparse
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks.errors import ConfigurationError, LitGrokError
+from callbacks import ConfigurationError, LitGrokError
 
 CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.ARG VALUE sets one argument
     "grok", "recorder", "spectrum", "decomposer", "ablation", "perturbation", "probes", "probes_raw", "fourier",
@@ -65,20 +66,18 @@ class LitGrokCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_log_dir(self.trainer)
-        if self.config_init.fit.ckpt_path == "last":
-            self.config_init.fit.ckpt_path = str(resume_latest_run(self.trainer))
-        self._check_checkpoint("fit")
 
-    def before_validate(self) -> None:
-        self._check_checkpoint("validate")
-
-    def before_test(self) -> None:
-        self._check_checkpoint("test")
-
-    def _check_checkpoint(self, subcommand: str) -> None:
-        path = self.config_init[subcommand].ckpt_path
-        if path not in (None, "best", "last", "hpc", "registry"):
-            check_checkpoint(path, self.model, self.datamodule)
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``--ckpt_path last`` and check the checkpoint against the config, before LightningCLI copies
+        the checkpoint's model hyperparameters into the config (it would override the config's silently)."""
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            if subcommand == "fit" and config.get("ckpt_path") == "last":
+                config.ckpt_path = str(resume_latest_run(config))
+            if config.get("ckpt_path") not in (None, "best", "last", "hpc", "registry"):
+                check_checkpoint(config.ckpt_path, config)
+        super()._parse_ckpt_path()
 
 
 def check_log_dir(trainer: pl.Trainer) -> None:
@@ -97,14 +96,15 @@ def check_log_dir(trainer: pl.Trainer) -> None:
                                  "--trainer.logger.init_args.save_dir (or run from a writable folder)")
 
 
-def resume_latest_run(trainer: pl.Trainer) -> Path:
-    """``--ckpt_path last``: the newest run folder of this config's logger that holds ``checkpoints/last.ckpt``;
-    the logger is pointed at that folder, so the resumed run logs and checkpoints where it left off."""
-    logger = trainer.logger
-    if logger is None or not hasattr(logger, "_version") or not getattr(logger, "root_dir", None):
-        raise ConfigurationError("--ckpt_path last needs a TensorBoardLogger or CSVLogger (it finds the run by the "
-                                 "logger's save_dir / name); otherwise pass the checkpoint's path")
-    root = Path(logger.root_dir)
+def resume_latest_run(config: Namespace) -> Path:
+    """``--ckpt_path last``: the newest run folder of the config's logger holding ``checkpoints/last.ckpt``; the
+    logger is set to that folder's version, so the resumed run logs and checkpoints where it left off."""
+    logger = config.get("trainer", {}).get("logger")
+    init_args = logger.get("init_args") if isinstance(logger, Namespace) else None
+    if init_args is None or init_args.get("save_dir") is None or "version" not in init_args:
+        raise ConfigurationError("--ckpt_path last needs a TensorBoardLogger or CSVLogger in the config (it finds the "
+                                 "run by the logger's save_dir / name); otherwise pass the checkpoint's path")
+    root = Path(init_args.save_dir) / (init_args.get("name") or "")
     versions = sorted(
         (int(m.group(1)), d) for d in root.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", d.name))
     )
@@ -113,42 +113,44 @@ def resume_latest_run(trainer: pl.Trainer) -> Path:
         raise ConfigurationError(f"--ckpt_path last: no run under {root} holds checkpoints/last.ckpt; start without "
                                  "--ckpt_path, or pass a checkpoint's path")
     number, folder = resumable[-1]
-    logger._version = number  # before anything asks the logger for its folder
+    init_args.version = number
     return folder / "checkpoints" / "last.ckpt"
 
 
-def check_checkpoint(path: str | Path, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule]) -> None:
+def check_checkpoint(path: str | Path, config: Namespace) -> None:
     """The checkpoint is readable and was made by the configured model and data with the same hyperparameters.
 
-    Lightning restores weights, optimizer and callback states from it, so a value of the config that
-    differs would otherwise be overridden silently (weight decay by the restored optimizer, for instance).
+    Lightning restores weights, optimizer and callback states from it, and LightningCLI copies its model
+    hyperparameters into the config, so a value of the config that differs would be overridden silently
+    (a weight decay of 0 asked on the command line, for instance).
     """
     if not Path(path).is_file():
         raise ConfigurationError(f"--ckpt_path {path}: no such file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read it means the same thing
-        raise ConfigurationError(f"--ckpt_path {path} is not a readable checkpoint ({type(exc).__name__}: {exc}); "
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigurationError(f"--ckpt_path {path} is not a readable checkpoint ({type(exc).__name__}: {reason}); "
                                  "pass a .ckpt written by lit-grok fit") from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigurationError(f"--ckpt_path {path} holds no Lightning checkpoint; pass a .ckpt written by lit-grok fit")
-    saved_model = checkpoint.get("hyper_parameters", {}).get("_class_path")
-    wanted_model = f"{type(model).__module__}.{type(model).__qualname__}"
-    if saved_model and saved_model != wanted_model:
-        raise ConfigurationError(f"--ckpt_path {path} was trained as {saved_model} but the config builds {wanted_model}: "
-                                 "use the config the checkpoint was made with")
-    pairs = [("model", checkpoint.get("hyper_parameters", {}), model.hparams)]
-    if datamodule is not None:
-        pairs.append(("data", checkpoint.get("datamodule_hyper_parameters", {}), datamodule.hparams))
-    for section, saved, configured in pairs:
-        for key in sorted(set(saved) | set(configured)):
-            if key in HPARAMS_IGNORED or key not in saved or key not in configured:
-                continue
-            if not same_value(saved[key], configured[key]):
-                raise ConfigurationError(
-                    f"--ckpt_path {path} was trained with {section}.{key}={saved[key]!r} but the config asks "
-                    f"{configured[key]!r}: resume with the checkpoint's value{change_hint(section, key)}"
-                )
+    for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        saved, configured = dict(checkpoint.get(key) or {}), config.get(section)
+        if not saved or not isinstance(configured, Namespace):
+            continue
+        saved_class, wanted_class = saved.pop("_class_path", None), configured.get("class_path")
+        if saved_class and wanted_class and saved_class != wanted_class:
+            raise ConfigurationError(f"--ckpt_path {path} was trained with {section} {saved_class} but the config builds "
+                                     f"{wanted_class}: use the config the checkpoint was made with")
+        init_args = configured.get("init_args") or Namespace()
+        for name, value in sorted(saved.items()):
+            asked = init_args.get(name)
+            if name in HPARAMS_IGNORED or asked is None or same_value(value, asked):
+                continue  # None: a value the module derives (from the data, say)
+            raise ConfigurationError(
+                f"--ckpt_path {path} was trained with {section}.{name}={value!r} but the config asks {asked!r}: "
+                f"resume with the checkpoint's value{change_hint(section, name)}"
+            )
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.protocols import ProbeTarget, sequence_keys
+from callbacks import ProbeTarget, sequence_keys
 
 PAD = 2
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.ablation import (
+from callbacks.functional.ablation import (
     PairedCounts,
     norm_matched_removal,
     paired_counts,
@@ -115,7 +115,7 @@ import json
 import lightning.pytorch as pl
 
 from callbacks.ablation_callback import AblationCallback
-from callbacks.evaluation import evaluation_batches
+from callbacks.utils.evaluation import evaluation_batches
 from tiny_attention_model import fail_evaluate_on_call, TinyAttention, evaluate_at, fit_tiny, flat, gram_directions
 
 SETS = {"edge": [1, 2], "bulk": [3, 4], "v1": [1]}

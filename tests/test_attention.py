@@ -7,12 +7,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from callbacks import FourierAttentionCallback, GramSpectrum, UpdateRecorder
-from callbacks.attention import (
-    attention_modules, captured_attention, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern,
-    pattern_power, recent_score, uniform_causal_entropy,
+from callbacks import ConfigurationError, FourierAttentionCallback, GramSpectrum, UpdateRecorder
+from callbacks.functional.fourier_attention import (
+    head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power, recent_score,
+    uniform_causal_entropy,
 )
-from callbacks.perturbation import split_like
+from callbacks.utils.hidden_states import attention_modules, captured_attention
+from callbacks.utils.param_selection import split_like
 from probe_toy_model import ToyEncoder, trainer
 from test_fourier import numpy_power
 
@@ -76,7 +77,7 @@ def test_positional_need_weights_is_overridden_and_hooks_go_even_on_error():
 
 
 def test_attention_module_lookup_errors():
-    with pytest.raises(TypeError, match="module 'lin' is a Linear, not an nn.MultiheadAttention"):
+    with pytest.raises(ConfigurationError, match="module 'lin' is a Linear, not an nn.MultiheadAttention"):
         attention_modules(nn.ModuleDict({"lin": nn.Linear(2, 2)}), ["lin"], "test")
     with pytest.raises(ValueError, match="has no nn.MultiheadAttention"):
         attention_modules(nn.Linear(2, 2), None, "test")
@@ -229,7 +230,7 @@ def test_edge_response_matches_a_manual_perturbation_and_restores_weights(tmp_pa
     assert edge["v1"]["F"] == pytest.approx(seen["F"], rel=1e-3)
     assert edge["v1"]["omega_star"] == seen["omega"] and edge["v1"]["n_bins"] == seen["bins"]
     assert edge["v1"]["elevation"] == pytest.approx(edge["v1"]["F"] * seen["bins"])
-    assert edge["v9"]["available"] is False and "fourier_edge/v9/F" not in tr.logger.merged("")[5]
+    assert edge["v9"]["status"] == "unavailable" and "fourier_edge/v9/F" not in tr.logger.merged("")[5]
     assert "fourier_edge/v1/func_r2" in tr.logger.merged("")[5]
     for p, s in zip(recorder.selection.params, seen["params"]):  # the callback put the weights back bit-exactly
         assert torch.equal(p.detach(), s)

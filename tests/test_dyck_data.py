@@ -1,4 +1,4 @@
-"""Dyck-1 generator and split: properties and the statistics of spec §1.1."""
+"""Dyck-1 generator and split: properties and the statistics of docs/methods.md §1.1."""
 import random
 
 import torch

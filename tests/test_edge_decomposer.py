@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
-from callbacks.gram_math import decompose
+from callbacks.functional.edge_decomposer import decompose
 from oracle import ADAMW, TinyAttention, assert_metrics_close, brute_for_run, make_loader, run_fit
 
 SGD_MOMENTUM = {"cls": torch.optim.SGD, "kwargs": {"lr": 0.3, "weight_decay": 0.05, "momentum": 0.9, "dampening": 0.2}}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.fourier import grouped_spectrum, positional_power, summarize_spectrum
+from callbacks.functional.fourier_attention import grouped_spectrum, positional_power, summarize_spectrum
 
 
 def numpy_power(reps, mask, centre):

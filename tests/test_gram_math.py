@@ -1,4 +1,4 @@
-"""Gram-space formulas of callbacks/gram_math.py against dense numpy/scipy on explicit matrices."""
+"""Gram-space formulas of callbacks/functional/ (gram_spectrum.py, edge_decomposer.py) against dense numpy/scipy on explicit matrices."""
 import math
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import scipy.linalg
 import torch
 
-from callbacks.gram_math import (
+from callbacks.functional.edge_decomposer import append_cross
+from callbacks.functional.gram_spectrum import (
     SCORE_CAP,
-    append_cross,
     append_gram,
     edge_statistics,
     mode_overlaps,

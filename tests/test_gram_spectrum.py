@@ -153,3 +153,24 @@ def test_rows_without_gradient_leave_v1_unmatched_not_a_crash(tmp_path):
     assert_metrics_close(log.by_step, brute_for_run(model, snaps, "sgd", 1, 3, 3, names=["head_b.bias", "head_b.weight"]))
     rotation = [m["edge/rotation_v1_deg"] for m in log.by_step.values() if "edge/rotation_v1_deg" in m]
     assert any(math.isnan(r) for r in rotation) and any(not math.isnan(r) for r in rotation)
+
+
+def test_one_window_per_recorder_and_its_checkpoint_state(tmp_path):
+    """Both analyses read the recorder's one GramWindow; its state travels in each analysis's checkpoint state,
+    and a state of the older per-analysis format ("gram") restores the same spectrum."""
+    from callbacks import GramWindow
+
+    rec = UpdateRecorder(interval=1, window=3)
+    spectrum, decomposer = GramSpectrum(top_k=3), EdgeDecomposer(top_k=3)
+    run_fit(tmp_path, rec, ADAMW, steps=7, analyses=(spectrum, decomposer))
+    assert spectrum._window is decomposer._window is GramWindow.of(rec)
+    assert GramWindow.of(rec).readers == [spectrum, decomposer]
+    state = spectrum.state_dict()
+    assert state["window"]["rows"] == 7 and state["window"]["gram"].shape == (4, 4)
+    old_format = {**{k: v for k, v in state.items() if k != "window"}, "gram": state["window"]["gram"]}
+    for restored_state in (state, old_format):
+        fresh = GramSpectrum(top_k=3)
+        fresh.load_state_dict(restored_state)
+        fresh.bind(UpdateRecorder(interval=1, window=3))
+        assert fresh.window_size == 3
+        torch.testing.assert_close(fresh.sigma, spectrum.sigma, rtol=0, atol=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from callbacks import EdgeDecomposer, UpdateRecorder, WeightDecaySchedule
-from callbacks.errors import ConfigurationError
+from callbacks import ConfigurationError
 from oracle import ADAMW, TinyAttention, attention_names, flat, make_loader, rows_of, run_fit
 
 

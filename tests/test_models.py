@@ -65,7 +65,7 @@ def test_invalid_hyperparameters_fail_early():
 
 
 def reference_losses(steps):
-    """The reference loop of spec §3.1, written plainly."""
+    """The reference loop of docs/methods.md §3.1, written plainly."""
     torch.manual_seed(42)
     model = DyckTransformer()
     dm = DyckDataModule()

@@ -4,13 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks.perturbation import (
-    check_eps_grid,
+from callbacks.functional.perturbation import (
     hessian_quadratic_forms,
     kl_divergence,
     second_difference,
-    split_like,
 )
+from callbacks.utils.param_selection import split_like
 
 
 def test_eps_grid_must_contain_zero():
@@ -91,8 +90,8 @@ import json
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from callbacks.evaluation import evaluation_batches
-from callbacks.perturbation_callback import PerturbationCallback
+from callbacks.utils.evaluation import evaluation_batches
+from callbacks.perturbation_callback import PerturbationCallback, check_eps_grid
 from tiny_attention_model import fail_evaluate_on_call, evaluate_at, fit_tiny, flat, gram_directions
 
 EPS = [-0.02, 0.0, 0.01, 0.02]

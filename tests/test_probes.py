@@ -8,10 +8,10 @@ from lightning.pytorch.callbacks import Callback
 from sklearn.metrics import r2_score
 from torch import nn
 
-from callbacks.hidden_states import captured_outputs, resolve_modules
+from callbacks.utils.hidden_states import captured_outputs, resolve_modules
 from callbacks.probe_callback import ProbeCallback
-from callbacks.probes import group_split, make_probe, run_probes, token_samples
-from callbacks.protocols import ProbeTarget
+from callbacks.functional.probe import group_split, make_probe, run_probes, token_samples
+from callbacks.utils.protocols import ProbeTarget
 from probe_toy_model import ToyEncoder, trainer
 
 
@@ -244,3 +244,16 @@ def test_probe_callback_rejects_a_schedule_step_in_the_past(tmp_path):
         late = ProbeCallback(["encoder.layers.0"], "count", steps=[2])
         trainer(tmp_path, [late], max_steps=5).fit(ToyEncoder(), ckpt_path=ckpt)
 
+
+
+def test_bad_data_for_the_math_is_a_configuration_error_of_the_callback():
+    """callbacks.functional raises ValueError (no Lightning there); a callback reports it as its ConfigurationError."""
+    from callbacks import ConfigurationError
+    from callbacks.utils.errors import bad_input_is_configuration
+
+    with pytest.raises(ConfigurationError, match="ProbeCallback: a probe needs samples from at least 2 sequence groups"):
+        with bad_input_is_configuration("ProbeCallback"):
+            group_split(np.zeros(5), 0.3, seed=0)
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        with bad_input_is_configuration("ProbeCallback"):
+            raise KeyError("internal")

@@ -4,7 +4,7 @@ import math
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from callbacks.errors import ConfigurationError
+from callbacks import ConfigurationError
 from lit_grok.cli import main
 from lit_grok.report import median_over, read_scalars, value_at
 

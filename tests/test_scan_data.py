@@ -1,5 +1,5 @@
 """SCAN data: the generated grammar against an independent interpreter and the paper's examples, the
-split sizes of the official files, the file format, and the DataModule's encoding (method spec §1.2)."""
+split sizes of the official files, the file format, and the DataModule's encoding (docs/methods.md §1.2)."""
 from __future__ import annotations
 
 import random
@@ -10,7 +10,7 @@ import pytest
 import torch
 from jsonargparse import ArgumentParser
 
-from callbacks.errors import ConfigurationError
+from callbacks import ConfigurationError
 from lit_grok.data.scan import (
     EOS, IGNORE_INDEX, PAD, SOS, ScanDataModule, export_split, load_split_files, scan_export_main,
 )

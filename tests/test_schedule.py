@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.grok_detector import GrokDetector
-from callbacks.schedule import RunSchedule
+from callbacks import ConfigurationError
+from callbacks.utils.schedule import RunSchedule
 
 
 def fake_trainer(step, grok_step=None, detector=True):
@@ -28,7 +29,7 @@ def fake_trainer(step, grok_step=None, detector=True):
         (dict(after_grok=[-1]), ValueError, "after_grok must be >= 0"),
         (dict(steps=[5, 5]), ValueError, "duplicates"),
         (dict(after_grok=[3, 3]), ValueError, "duplicates"),
-        (dict(steps=[1.5]), TypeError, "must be integers"),
+        (dict(steps=[1.5]), ConfigurationError, "must be integers"),
     ],
 )
 def test_bad_input(kwargs, error, match):

@@ -10,7 +10,7 @@ from callbacks.gram_spectrum import GramSpectrum
 from callbacks.grok_detector import GrokDetector
 from callbacks.perturbation_callback import PerturbationCallback
 from callbacks.probe_callback import ProbeCallback
-from callbacks.probes import run_probes, token_samples
+from callbacks.functional.probe import run_probes, token_samples
 from callbacks.update_recorder import UpdateRecorder
 from probe_toy_model import RecordingLogger, ToyEncoder
 
@@ -101,6 +101,6 @@ def test_missing_grok_detector_fails_at_setup(tmp_path):
     probe = ProbeCallback([LAYER], "count", probes=["linear"], after_grok=[0])
     seen = []
     probe.on_fit_start = lambda *args: seen.append("on_fit_start")  # the setup check comes before it
-    with pytest.raises(ValueError, match="no GrokDetector in the trainer"):
+    with pytest.raises(ValueError, match="no GrokDetector in trainer.callbacks"):
         fit(tmp_path, [probe], max_steps=2)
     assert seen == []

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import UpdateRecorder
-from callbacks.errors import NonFiniteError
-from callbacks.param_selection import normalize_name, select_parameters
+from callbacks import ConfigurationError, NonFiniteError, UpdateRecorder
+from callbacks.utils.param_selection import normalize_name, select_parameters
 from oracle import ADAMW, TinyAttention, attention_names, clipped_grads, decay_per_step, flat, make_loader, rows_of
 from oracle import run_fit
 
@@ -215,11 +214,11 @@ def test_state_dict_continues_exactly():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        ({"window": 1}, ValueError, "window must be an integer >= 2"),
-        ({"interval": 0}, ValueError, "interval must be an integer >= 1"),
-        ({"params": "attention"}, ValueError, "unknown parameter preset 'attention'"),
-        ({"params": 3}, TypeError, "params must be a preset name"),
-        ({"on_nonfinite": "ignore"}, ValueError, "on_nonfinite must be 'error' or 'skip'"),
+        ({"window": 1}, ConfigurationError, "window must be an integer >= 2"),
+        ({"interval": 0}, ConfigurationError, "interval must be an integer >= 1"),
+        ({"params": "attention"}, ConfigurationError, "unknown parameter preset 'attention'"),
+        ({"params": 3}, ConfigurationError, "params must be a preset name"),
+        ({"on_nonfinite": "ignore"}, ConfigurationError, "on_nonfinite must be 'error' or 'skip'"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

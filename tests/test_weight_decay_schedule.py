@@ -6,7 +6,7 @@ import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 
-from callbacks import WeightDecaySchedule
+from callbacks import ConfigurationError, WeightDecaySchedule
 from probe_toy_model import ToyEncoder, trainer
 
 
@@ -61,11 +61,11 @@ def test_resume_keeps_fired_milestones_and_rejects_past_ones(tmp_path):
     first.fit(ToyEncoder(weight_decay=0.1))
     ckpt = tmp_path / "at4.ckpt"
     first.save_checkpoint(ckpt)
-    assert schedule.state_dict() == {"fired": [2]}
+    assert schedule.state_dict()["schedule"] == {"done": ["step_2"]} and schedule.fired == {2}
     resumed, spy = WeightDecaySchedule({2: 0.0}), OptimizerSpy()
     trainer(tmp_path, [resumed, spy], max_steps=6).fit(ToyEncoder(weight_decay=0.1), ckpt_path=ckpt)
     assert resumed.fired == {2} and [g[0]["weight_decay"] for _, g, _ in spy.seen] == [0.0, 0.0]  # ω' restored
-    with pytest.raises(ValueError, match="milestone step 3 is in the past"):
+    with pytest.raises(ConfigurationError, match=r"a schedule step in the past: \[.step_3.\] < global_step 4"):
         trainer(tmp_path, [WeightDecaySchedule({3: 0.0, 8: 1.0})], max_steps=6).fit(ToyEncoder(), ckpt_path=ckpt)
 
 

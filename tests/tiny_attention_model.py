@@ -49,7 +49,7 @@ class TinyAttention(pl.LightningModule):
     def train_dataloader(self):
         return tiny_data(32, seed=0, batch_size=8)
 
-    def val_dataloader(self):  # what the analysis callbacks evaluate on (callbacks.evaluation.evaluation_batches)
+    def val_dataloader(self):  # what the analysis callbacks evaluate on (callbacks.utils.evaluation.evaluation_batches)
         return tiny_data(48, seed=1, batch_size=16)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from callbacks.errors import ConfigurationError, NonFiniteError
+from callbacks import ConfigurationError, NonFiniteError
 
 IGNORE = -100
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from callbacks.errors import ConfigurationError
-from callbacks.protocols import ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import (
     IGNORE, GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy,
 )
@@ -106,7 +105,7 @@ class DyckTransformer(GrokModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
 
-    # --- what the analysis callbacks use (callbacks.protocols) ---
+    # --- what the analysis callbacks use (callbacks.utils.protocols) ---
     def labelled_logits(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch[:2]  # training (x, y) or evaluation (x, y, copies): every row, padded
         return labelled_positions(self(x), y)

@@ -14,8 +14,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 
-from callbacks.errors import ConfigurationError
-from callbacks.protocols import ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import IGNORE, GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks
 
 PAD, SOS, EOS = 0, 1, 2
@@ -198,7 +197,7 @@ class ScanTransformer(GrokModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
 
-    # --- what the analysis callbacks use (callbacks.protocols) ---
+    # --- what the analysis callbacks use (callbacks.utils.protocols) ---
     def labelled_logits(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         src, tgt_in, tgt_out = batch
         return labelled_positions(self(src, tgt_in), tgt_out)

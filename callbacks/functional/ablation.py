@@ -1,4 +1,4 @@
-"""Pure math of the ablation test (spec §7): what each ablation removes from θ, and how sure the effect is.
+"""Pure math of the ablation test (docs/methods.md §7): what each ablation removes from θ, and how sure the effect is.
 
 θ is the flat selected parameter vector [P] in float64. Every ``*_removal`` returns the vector r that the
 ablation subtracts (θ' = θ − r), so its removed norm is ‖r‖. Accuracy effects are paired differences:
@@ -16,12 +16,12 @@ from torch import Tensor
 
 
 def projection_removal(theta: Tensor, basis: Tensor) -> Tensor:
-    """Σ_k ⟨θ, v_k⟩ v_k for orthonormal rows v_k of ``basis`` [m, P]: the §7.1 ablation. -> [P]"""
+    """Σ_k ⟨θ, v_k⟩ v_k for orthonormal rows v_k of ``basis`` [m, P]: the docs/methods.md §7.1 ablation. -> [P]"""
     return basis.T @ (basis @ theta)
 
 
 def random_subspace(dim: int, size: int, seed: int) -> Tensor:
-    """Orthonormal rows [dim, size] spanning a uniformly random subspace (QR of a Gaussian, §7.2), float64.
+    """Orthonormal rows [dim, size] spanning a uniformly random subspace (QR of a Gaussian, docs/methods.md §7.2), float64.
 
     Drawn by ``numpy.random.default_rng(seed)``; the signs are fixed by R's diagonal so Q is unique.
     """

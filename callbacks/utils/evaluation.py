@@ -1,7 +1,7 @@
 """Evaluate a module on fixed batches, and perturb its parameters with a bit-exact restore.
 
-Shared by the analysis callbacks (ablation, perturbation, curvature, probes): they all evaluate the
-model as it is at one step, change some parameters, evaluate again and put everything back.
+Shared by the analysis callbacks (ablation, perturbation, curvature, probes, Fourier/attention): they all evaluate
+the model as it is at one step, change some parameters, evaluate again and put everything back.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.protocols import EvaluableModule
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.protocols import EvaluableModule
 
 TASK_METRICS = ("token_acc", "seq_acc")
 
@@ -22,12 +23,12 @@ TASK_METRICS = ("token_acc", "seq_acc")
 def require_evaluable(pl_module: pl.LightningModule, who: str) -> None:
     """Fail early, in one line, when the module lacks what the analysis callbacks need."""
     if not isinstance(pl_module, EvaluableModule):
-        raise TypeError(
+        raise ConfigurationError(
             f"{who} needs the LightningModule to define `task_metric` and `labelled_logits(batch)` "
-            "(see callbacks.protocols.EvaluableModule)"
+            "(see callbacks.EvaluableModule)"
         )
     if pl_module.task_metric not in TASK_METRICS:
-        raise ValueError(f"{who}: task_metric must be one of {TASK_METRICS}, got {pl_module.task_metric!r}")
+        raise ConfigurationError(f"{who}: task_metric must be one of {TASK_METRICS}, got {pl_module.task_metric!r}")
 
 
 def evaluation_batches(
@@ -38,7 +39,7 @@ def evaluation_batches(
     loaders = source.val_dataloader()
     if isinstance(loaders, (list, tuple)):
         if not 0 <= dataloader_idx < len(loaders):
-            raise ValueError(f"dataloader_idx={dataloader_idx} but there are {len(loaders)} validation dataloaders")
+            raise ConfigurationError(f"dataloader_idx={dataloader_idx} but there are {len(loaders)} validation dataloaders")
         loaders = loaders[dataloader_idx]
     batches = []
     for i, batch in enumerate(loaders):
@@ -46,8 +47,19 @@ def evaluation_batches(
             break
         batches.append(pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
     if not batches:
-        raise ValueError("the validation dataloader yielded no batch to evaluate on")
+        raise ConfigurationError("the validation dataloader yielded no batch to evaluate on")
     return batches
+
+
+@contextmanager
+def eval_mode(pl_module: pl.LightningModule) -> Iterator[None]:
+    """Evaluate with dropout off; restore the module's training flag afterwards, even on error."""
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        yield
+    finally:
+        pl_module.train(was_training)
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-EPS = 1e-12  # σ below this counts as zero (reference §4.4 guard)
-SCORE_CAP = 1e6  # ratio used when the denominator σ is below EPS (reference §4.4 guard)
+EPS = 1e-12  # σ below this counts as zero (docs/methods.md §4.4)
+SCORE_CAP = 1e6  # ratio used when the denominator σ is below EPS (docs/methods.md §4.4)
 
 
 def append_gram(gram: Tensor, col: Tensor, corner: Tensor, keep: int) -> Tensor:
@@ -26,17 +26,6 @@ def append_gram(gram: Tensor, col: Tensor, corner: Tensor, keep: int) -> Tensor:
     old = gram[gram.shape[0] - m :, gram.shape[0] - m :]
     top = torch.cat([old, col[:, None]], dim=1)  # [m, m+1]
     bottom = torch.cat([col, corner.reshape(1)])[None, :]  # [1, m+1]
-    out = torch.cat([top, bottom], dim=0)
-    return out[-keep:, -keep:]
-
-
-def append_cross(cross: Tensor, new_row: Tensor, new_col: Tensor, corner: Tensor, keep: int) -> Tensor:
-    """Same for C[i, j] = a_i · b_j (two row families sharing the window): new_row [m] = a_new · b_old,
-    new_col [m] = a_old · b_new, corner = a_new · b_new."""
-    m = new_row.shape[0]
-    old = cross[cross.shape[0] - m :, cross.shape[1] - m :]
-    top = torch.cat([old, new_col[:, None]], dim=1)
-    bottom = torch.cat([new_row, corner.reshape(1)])[None, :]
     out = torch.cat([top, bottom], dim=0)
     return out[-keep:, -keep:]
 
@@ -60,7 +49,7 @@ def gap_ratio(a: float, b: float) -> float:
 
 
 def edge_statistics(sigma: Tensor) -> dict:
-    """g23, k*, R and the consecutive ratios σ_k/σ_{k+1} of one window (reference §4.4)."""
+    """g23, k*, R and the consecutive ratios σ_k/σ_{k+1} of one window (docs/methods.md §4.4)."""
     s = [float(x) for x in sigma]
     lam = [x * x for x in s]
     g23 = lam[1] - lam[2] if len(s) > 2 else lam[1]
@@ -106,23 +95,3 @@ def rotation_angles(overlaps: Tensor) -> dict:
 def theta_cosines(xtheta: Tensor, u: Tensor, sigma: Tensor, theta_norm: float) -> Tensor:
     """|cos(θ, v_k)| = |(Xθ)ᵀu_k| / (σ_k ‖θ‖); xtheta [w] = X θ, u [w, K], sigma [K] (> EPS)."""
     return (xtheta @ u).abs() / (sigma * theta_norm)
-
-
-def decompose(cross_wd: Tensor, u_k: Tensor, sigma_k: float) -> dict:
-    """Split each row's projection on v_k into gradient and decay parts (reference §5.2).
-
-    cross_wd [w, w] = X_wd Xᵀ; u_k [w]. t_j = σ_k u_jk, w_j = (X_wd Xᵀ u_k)_j / σ_k, g_j = t_j − w_j.
-    """
-    t = sigma_k * u_k
-    w = (cross_wd @ u_k) / sigma_k
-    g = t - w
-    e_grad, e_wd = float((g * g).mean()), float((w * w).mean())
-    denom = e_grad + e_wd
-    return {
-        "grad_frac": e_grad / denom if denom > 0 else 0.5,
-        "alignment": float((g * w).mean()),
-        "grad_mean": float(g.mean()),
-        "wd_mean": float(w.mean()),
-        "e_grad": e_grad,
-        "e_wd": e_wd,
-    }

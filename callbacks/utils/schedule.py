@@ -23,38 +23,45 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
-from callbacks.grok_detector import GrokDetector
+from callbacks.utils.errors import ConfigurationError
+from callbacks.utils.protocols import GrokStepSource
+from callbacks.utils.trainer import find
+
+
+GROK_HINT = "add callbacks.GrokDetector(monitor=..., threshold=...) to them (grok offsets need the grok step)"
 
 
 class RunSchedule:
-    """Explicit steps (``step_{s}``, s >= 1) and grok-relative offsets (``grok+{o}``, o >= 0).
+    """Explicit steps (``step_{s}``, s >= ``first_step``) and grok-relative offsets (``grok+{o}``, o >= 0).
 
     Args:
-        steps: optimizer steps after which to run.
+        steps: optimizer steps after which to run (0: before the first one).
         after_grok: offsets, in optimizer steps, after the step at which ``GrokDetector`` saw grokking.
+        first_step: the smallest step allowed (1 for a measurement of trained weights).
     """
 
-    def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = ()) -> None:
+    def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = (), first_step: int = 1) -> None:
         steps, after_grok = list(steps), list(after_grok)
         if not steps and not after_grok:
-            raise ValueError("the schedule is empty: give `steps` and/or `after_grok`")
-        for name, values, low in (("steps", steps, 1), ("after_grok", after_grok, 0)):
+            raise ConfigurationError("the schedule is empty: give `steps` and/or `after_grok`")
+        for name, values, low in (("steps", steps, first_step), ("after_grok", after_grok, 0)):
             if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
-                raise TypeError(f"schedule {name} must be integers, got {values}")
+                raise ConfigurationError(f"schedule {name} must be integers, got {values}")
             if any(v < low for v in values):
-                raise ValueError(f"schedule {name} must be >= {low}, got {values}")
+                raise ConfigurationError(f"schedule {name} must be >= {low}, got {values}")
             if len(set(values)) != len(values):
-                raise ValueError(f"schedule {name} has duplicates: {values}")
+                raise ConfigurationError(f"schedule {name} has duplicates: {values}")
         self.steps = sorted(steps)
         self.after_grok = sorted(after_grok)
         self.done: set[str] = set()
-        self._detector: GrokDetector | None = None
+        self._detector: GrokStepSource | None = None
         self._warned: set[str] = set()
 
     def attach(self, trainer: pl.Trainer) -> None:
         """Find the trainer's ``GrokDetector`` when there are grok offsets; raises if it has none."""
-        self._detector = GrokDetector.find(trainer) if self.after_grok else None
+        self._detector = find(trainer, GrokStepSource, GROK_HINT, "GrokDetector") if self.after_grok else None
 
     def start(self, trainer: pl.Trainer) -> None:
         """Attach, then reject targets already passed; call once a resume has restored the step, ``done`` and the
@@ -63,7 +70,7 @@ class RunSchedule:
         now = trainer.global_step
         past = [label for label, target in self._targets() if target < now and label not in self.done]
         if past:
-            raise ValueError(f"a schedule step in the past: {past} < global_step {now} at train start; remove them")
+            raise ConfigurationError(f"a schedule step in the past: {past} < global_step {now} at train start; remove them")
 
     def due(self, trainer: pl.Trainer) -> list[str]:
         """Labels whose target is ``trainer.global_step`` and that are not done yet."""
@@ -111,35 +118,49 @@ class ScheduledCallback(Callback, ABC):
 
     One measurement per step: labels that fall due later on the same step (``grok+0`` found by the validation
     after ``step_g`` ran) join that step's records. ``results`` and the done labels survive a resume.
+    ``measure`` runs on rank zero only, unless a subclass sets ``on_every_rank`` (it changes the training itself).
 
     Args:
         steps: optimizer steps after which to measure.
         after_grok: offsets after the grok step (needs a ``GrokDetector``).
+        first_step: the smallest step allowed.
     """
 
-    def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = ()) -> None:
-        self.schedule = RunSchedule(steps, after_grok)
+    on_every_rank = False
+
+    def __init__(self, steps: Sequence[int] = (), after_grok: Sequence[int] = (), first_step: int = 1) -> None:
+        self.schedule = RunSchedule(steps, after_grok, first_step)
         self.results: list[dict[str, Any]] = []
 
     @abstractmethod
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
-        """Measure the current weights (rank zero only), log, and return the records of this run; each record
+        """Measure (or act on) the current weights, log, and return the records of this run; each record
         gets ``step`` and ``labels`` added and is appended to ``results``."""
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Find the GrokDetector the grok offsets need, before training."""
         if stage == "fit":
             self.schedule.attach(trainer)  # a missing GrokDetector fails before training
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Reject targets a resume has already passed."""
         self.schedule.start(trainer)  # not in on_fit_start: a resume restores global_step after it
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        """Run what is due at the current step (step 0, or a grok offset found by the last validation)."""
         self._run_due(trainer, pl_module)
 
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Run what is due right after the optimizer step that reached it."""
         self._run_due(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run what the last validation made due, then warn about targets that never ran."""
         self._run_due(trainer, pl_module)  # grokking seen by the validation after the last step
         self.schedule.finish()
 
@@ -147,7 +168,7 @@ class ScheduledCallback(Callback, ABC):
         labels = self.schedule.due(trainer)
         if not labels:
             return
-        if trainer.is_global_zero:
+        if trainer.is_global_zero or self.on_every_rank:
             now = trainer.global_step
             same = [r for r in self.results if r["step"] == now]
             for record in same:  # the weights were measured at this step already
@@ -156,9 +177,11 @@ class ScheduledCallback(Callback, ABC):
                 self.results += [{**r, "step": now, "labels": list(labels)} for r in self.measure(trainer, pl_module)]
         self.schedule.mark_done(labels)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"schedule": self.schedule.state_dict(), "results": self.results}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state_dict["schedule"])
         self.results = state_dict["results"]

@@ -12,6 +12,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from callbacks.utils.errors import ConfigurationError
+
 PRESETS = ("attn_weights", "all_matrices", "all")
 ParamSpec = Union[str, Sequence[str]]
 
@@ -48,10 +50,10 @@ def check_spec(spec: ParamSpec) -> None:
     """Validate a selection spec without a model (fails in ``__init__`` rather than at fit time)."""
     if isinstance(spec, str):
         if spec not in PRESETS:
-            raise ValueError(f"unknown parameter preset {spec!r}: use one of {PRESETS} or a list of glob patterns")
+            raise ConfigurationError(f"unknown parameter preset {spec!r}: use one of {PRESETS} or a list of glob patterns")
         return
     if not isinstance(spec, Sequence) or not spec or not all(isinstance(p, str) for p in spec):
-        raise TypeError(f"params must be a preset name {PRESETS} or a non-empty list of glob patterns, got {spec!r}")
+        raise ConfigurationError(f"params must be a preset name {PRESETS} or a non-empty list of glob patterns, got {spec!r}")
 
 
 def normalize_name(name: str) -> str:
@@ -81,7 +83,7 @@ def select_parameters(module: nn.Module, spec: ParamSpec) -> Selection:
         if param.requires_grad and _wanted(name, param, spec):
             chosen[name] = param
     if not chosen:
-        raise ValueError(f"params={spec!r} matches no trainable parameter of {type(module).__name__}")
+        raise ConfigurationError(f"params={spec!r} matches no trainable parameter of {type(module).__name__}")
     names = tuple(sorted(chosen))
     blocks, offset = [], 0
     for name in names:
@@ -95,3 +97,11 @@ def local_tensor(t: Tensor) -> Tensor:
     """The part of ``t`` this process holds: the local shard of a DTensor, else ``t`` itself (detached)."""
     t = t.detach()
     return t.to_local() if hasattr(t, "to_local") else t
+
+
+def split_like(vector: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """Cut a flat [P] vector into pieces shaped like ``params`` (row-major, in order), in their dtype."""
+    sizes = [p.numel() for p in params]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"vector has {vector.numel()} entries but the parameters hold {sum(sizes)}")
+    return [piece.view_as(p).to(p.dtype) for piece, p in zip(vector.split(sizes), params)]

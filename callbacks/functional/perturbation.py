@@ -1,22 +1,19 @@
-"""Pure math of the perturbation tests (spec §6): ε grids, KL between predictive distributions, curvature.
+"""Pure math of the perturbation tests (docs/methods.md §6): ε grids, KL between predictive distributions, curvature.
 
-Curvature vᵀHv is exact (double backward through the evaluation loss); the §6.2 finite difference
+Curvature vᵀHv is exact (double backward through the evaluation loss); the docs/methods.md §6.2 finite difference
 [L(θ+εv) + L(θ−εv) − 2L(θ)]/ε² is kept beside it so the reference's estimate can be checked.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
-def check_eps_grid(eps: Sequence[float]) -> list[float]:
-    """The grid as floats; it must contain 0, the unperturbed reference point of every curve."""
-    grid = [float(e) for e in eps]
-    if 0.0 not in grid:
-        raise ValueError(f"the ε grid must contain 0 (the unperturbed model), got {grid}")
-    return grid
+from callbacks.utils.protocols import EvaluableModule
 
 
 def kl_divergence(log_p: Tensor, log_q: Tensor) -> float:
@@ -26,16 +23,8 @@ def kl_divergence(log_p: Tensor, log_q: Tensor) -> float:
 
 
 def second_difference(loss_plus: float, loss_minus: float, loss_zero: float, eps: float) -> float:
-    """Central finite-difference estimate of d²L/dε² along a unit direction (spec §6.2)."""
+    """Central finite-difference estimate of d²L/dε² along a unit direction (docs/methods.md §6.2)."""
     return (loss_plus + loss_minus - 2.0 * loss_zero) / eps**2
-
-
-def split_like(vector: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
-    """Cut a flat [P] vector into pieces shaped like ``params`` (row-major, in order), in their dtype."""
-    sizes = [p.numel() for p in params]
-    if vector.numel() != sum(sizes):
-        raise ValueError(f"vector has {vector.numel()} entries but the parameters hold {sum(sizes)}")
-    return [piece.view_as(p).to(p.dtype) for piece, p in zip(vector.split(sizes), params)]
 
 
 def hessian_quadratic_forms(loss: Tensor, params: Sequence[Tensor], directions: Sequence[Sequence[Tensor]]) -> list[float]:
@@ -53,3 +42,20 @@ def hessian_quadratic_forms(loss: Tensor, params: Sequence[Tensor], directions: 
         hv = torch.autograd.grad(gv, params, retain_graph=i + 1 < len(directions), allow_unused=True)
         forms.append(sum(float((h.double() * d.double()).sum()) for h, d in zip(hv, v) if h is not None))
     return forms
+
+
+def exact_curvatures(module: EvaluableModule, batches: list[Any], params: Sequence[Tensor],
+                     pieces: list[list[Tensor]], n_tokens: int) -> list[float]:
+    """vᵀHv of the token-mean evaluation loss for each direction v (pieces shaped like ``params``), summed batch
+    by batch.
+
+    Uses the math attention kernel: the fused CPU/GPU kernels have no double backward.
+    """
+    total = np.zeros(len(pieces))
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+        for batch in batches:
+            logits, targets, _ = module.labelled_logits(batch)  # [N, C], [N]
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            loss = F.cross_entropy(logits, targets, reduction="sum") / n_tokens
+            total += hessian_quadratic_forms(loss, params, pieces)
+    return total.tolist()

@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from torch import Tensor
 
-from callbacks.protocols import ProbeTarget
+from callbacks.utils.protocols import ProbeTarget
 
 PROBE_KINDS = ("linear", "quadratic", "mlp")
 

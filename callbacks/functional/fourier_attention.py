@@ -1,0 +1,164 @@
+"""Fourier and attention summaries (docs/methods.md §10): the positional DFT of hidden states and the DFT of a per-token
+response grouped by a target value (the "depth basis").
+
+Pure functions on tensors. The positional DFT centres each feature over valid positions by default and
+reports the DC bin apart; ``centre=False`` with ``include_dc=True`` is the reference's variant.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def positional_power(reps: Tensor, mask: Tensor, centre: bool = True) -> Tensor:
+    """Power per frequency of reps [N, T, D] along T, averaged over (n, d) -> [T // 2 + 1] float64.
+
+    Masked positions (mask [N, T] False) are zero; with ``centre`` the per-feature mean over all valid
+    (n, t) is subtracted first.
+    """
+    m = mask.to(torch.float64)[..., None]  # [N, T, 1]
+    x = reps.to(torch.float64)
+    if centre:
+        mean = (x * m).sum((0, 1)) / m.sum((0, 1)).clamp(min=1.0)  # [D]
+        x = x - mean
+    spectrum = torch.fft.rfft(x * m, dim=1)  # [N, T//2+1, D]
+    return spectrum.abs().square().mean(dim=(0, 2))
+
+
+@dataclass
+class SpectrumSummary:
+    """Concentration of a power spectrum: shares of its largest bins, and where its peak is."""
+
+    dc_share: float  # P[0] / Σ P
+    top1: float  # share of the largest bin among the counted bins
+    top3: float
+    top5: float
+    omega_star: int  # the counted bin of largest power
+
+
+def summarize_spectrum(power: Tensor, include_dc: bool = False) -> SpectrumSummary:
+    """Summaries of power [K]; without ``include_dc`` the top-k shares and ω* count only bins 1..K-1."""
+    counted = power if include_dc else power[1:]
+    offset = 0 if include_dc else 1
+    ordered = counted.sort(descending=True).values
+    share = lambda k: float(ordered[:k].sum() / counted.sum())  # noqa: E731
+    return SpectrumSummary(
+        dc_share=float(power[0] / power.sum()),
+        top1=share(1),
+        top3=share(3),
+        top5=share(5),
+        omega_star=int(counted.argmax()) + offset,
+    )
+
+
+@dataclass
+class GroupedSpectrum:
+    """DFT of a response averaged per target level (docs/methods.md §10.3), against the uniform baseline 1/n_bins."""
+
+    levels: list[float]  # the target values present, ascending
+    power: Tensor  # [n_bins] float64
+    concentration: float  # F = max power / total power (the ≈0 DC bin stays in the total)
+    omega_star: int
+    n_bins: int
+
+    @property
+    def baseline(self) -> float:
+        return 1.0 / self.n_bins
+
+    @property
+    def elevation(self) -> float:
+        """F / baseline = F · n_bins."""
+        return self.concentration * self.n_bins
+
+
+def grouped_spectrum(response: Tensor, levels: Tensor) -> GroupedSpectrum:
+    """response [n] per token, levels [n] its target value: s[d] = mean response at level d over the levels
+    present, centred, then rfft -> power [len(levels)//2 + 1]."""
+    present, inverse = torch.unique(levels, sorted=True, return_inverse=True)
+    if len(present) < 2:
+        raise ValueError(f"a grouped spectrum needs at least 2 distinct target values, got {len(present)}")
+    r = response.to(torch.float64)
+    sums = torch.zeros(len(present), dtype=torch.float64, device=r.device).index_add_(0, inverse, r)
+    counts = torch.bincount(inverse, minlength=len(present)).to(torch.float64)
+    s = sums / counts  # [G]
+    power = torch.fft.rfft(s - s.mean()).abs().square()  # [G//2+1]
+    return GroupedSpectrum(
+        levels=[float(v) for v in present],
+        power=power,
+        concentration=float(power.max() / power.sum()),
+        omega_star=int(power.argmax()),
+        n_bins=len(power),
+    )
+
+
+def uniform_causal_entropy(T: int) -> float:
+    """Mean entropy of uniform causal attention over T queries: (1/T) Σ_{t=1}^{T} ln t = ln(T!)/T."""
+    return math.lgamma(T + 1) / T
+
+
+def is_causal_pattern(probs: Tensor) -> bool:
+    """True when probs [B, H, T, T] put exactly zero mass above the diagonal (a causal mask)."""
+    T, S = probs.shape[-2:]
+    return T == S and bool((probs.triu(diagonal=1) == 0).all())
+
+
+def _query_weights(probs: Tensor, query_mask: Tensor | None) -> Tensor:
+    B, _, T, _ = probs.shape
+    mask = torch.ones(B, T, dtype=torch.bool, device=probs.device) if query_mask is None else query_mask.bool()
+    return mask.to(torch.float64)  # [B, T]
+
+
+def head_entropy(probs: Tensor, query_mask: Tensor | None = None) -> Tensor:
+    """−Σ_s p log p (0·log 0 = 0) of probs [B, H, T, S], averaged over valid queries (all if no mask) -> [H]."""
+    w = _query_weights(probs, query_mask)  # [B, T]
+    p = probs.to(torch.float64)
+    ent = -torch.xlogy(p, p).sum(-1)  # [B, H, T]
+    ent = torch.where(w[:, None] > 0, ent, 0.0)  # a masked query may be NaN (no key to attend to)
+    return (ent * w[:, None]).sum((0, 2)) / w.sum()
+
+
+def mean_pattern(probs: Tensor, query_mask: Tensor | None = None) -> Tensor:
+    """Ā [H, T, S]: per query position, the mean over the sequences where that query is valid (NaN if none)."""
+    w = _query_weights(probs, query_mask)  # [B, T]
+    valid = w[:, None, :, None] > 0
+    total = torch.where(valid, probs.to(torch.float64), 0.0).sum(0)  # [H, T, S]
+    return total / w.sum(0)[None, :, None]
+
+
+def kl_to_uniform(pattern: Tensor, causal: bool) -> Tensor:
+    """KL(Ā[t] ‖ uniform) per head, averaged over query rows -> [H]. Causal: uniform on keys 0..t, rows
+    t = 1..T-1 (row 0 is trivially 0); otherwise uniform on all S keys, every row. NaN rows are skipped."""
+    H, T, S = pattern.shape
+    if causal:
+        support = torch.ones(T, S, dtype=torch.bool, device=pattern.device).tril()  # keys 0..t
+        n_keys = torch.arange(1, T + 1, device=pattern.device, dtype=torch.float64)[:, None]  # [T, 1]
+        rows = slice(1, T)
+    else:
+        support = torch.ones(T, S, dtype=torch.bool, device=pattern.device)
+        n_keys = torch.full((T, 1), float(S), dtype=torch.float64, device=pattern.device)
+        rows = slice(0, T)
+    p = pattern * support
+    kl = torch.xlogy(p, p * n_keys).sum(-1)  # [H, T]
+    return torch.nanmean(kl[:, rows], dim=1)
+
+
+def pattern_power(pattern: Tensor) -> Tensor:
+    """|rfft over keys|² of each row of Ā [H, T, S], averaged over query rows -> [H, S // 2 + 1]."""
+    return torch.nanmean(torch.fft.rfft(pattern, dim=-1).abs().square(), dim=1)
+
+
+def local_score(pattern: Tensor) -> Tensor:
+    """mean_t Ā[t, t] -> [H] (over t < min(T, S))."""
+    return torch.nanmean(pattern.diagonal(dim1=-2, dim2=-1), dim=-1)
+
+
+def recent_score(pattern: Tensor, span: int = 3) -> Tensor:
+    """mean_t of the mass on keys t-span+1..t -> [H] (keys t-2..t by default)."""
+    H, T, S = pattern.shape
+    t = torch.arange(T, device=pattern.device)[:, None]
+    k = torch.arange(S, device=pattern.device)[None, :]
+    band = (k <= t) & (k > t - span)  # [T, S]
+    return torch.nanmean((pattern * band).sum(-1), dim=-1)

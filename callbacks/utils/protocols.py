@@ -1,0 +1,82 @@
+"""The extension points: what the analysis callbacks ask of a LightningModule, and of each other.
+
+A module that implements ``labelled_logits`` can be evaluated (ablation, perturbation, curvature);
+one that also implements ``probe_targets`` can be probed. Neither knows any task. Between callbacks, a
+scheduled analysis finds the grok step through ``GrokStepSource`` (``GrokDetector``) and the causal tests
+find the Gram directions through ``DirectionSource`` (``GramSpectrum``): bases in this module, so no callback
+imports another.
+"""
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class EvaluableModule(Protocol):
+    """``task_metric`` is "token_acc" or "seq_acc": the accuracy that defines grokking for the task."""
+
+    task_metric: str
+
+    def labelled_logits(self, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Forward ``batch``; return logits [N, C], targets [N] and sequence index in the batch [N]
+        for every labelled token (padding and ignored positions removed)."""
+        ...
+
+
+@dataclass
+class ProbeTarget:
+    """A per-token probe target aligned with a hidden state [B, T, D] of some module."""
+
+    values: Tensor  # [B, T] regression values or class ids
+    mask: Tensor  # [B, T] bool, True where the token is a probe sample
+    categorical: bool  # True: classification probes; False: regression probes
+    groups: Tensor  # [B] int64: sequences with equal content share a group (split by group)
+
+    def first(self, n: int) -> "ProbeTarget":
+        """The target of the first ``n`` sequences, on the CPU."""
+        return ProbeTarget(self.values[:n].cpu(), self.mask[:n].cpu(), self.categorical, self.groups[:n].cpu())
+
+
+@runtime_checkable
+class ProbeableModule(Protocol):
+    def probe_targets(self, batch: Any) -> dict[str, ProbeTarget]:
+        """Targets by name for ``batch``; the probe callback pairs module names with these names."""
+        ...
+
+
+class GrokStepSource(ABC):
+    """Base of a callback that knows the grok step (``GrokDetector``); ``grok_step`` is None until grokking is seen.
+    Scheduled analyses with grok offsets find it with ``find(trainer, GrokStepSource, ...)``."""
+
+    grok_step: Optional[int] = None
+
+
+class DirectionSource(ABC):
+    """Base of a callback that hands out the Gram directions of the latest window (``GramSpectrum``); the causal
+    tests find it with ``find(trainer, DirectionSource, ...)``."""
+
+    @property
+    @abstractmethod
+    def window_size(self) -> int:
+        """Rows w in the latest window (0 before the first spectrum)."""
+
+    @property
+    @abstractmethod
+    def sigma(self) -> Tensor:
+        """σ [w] float64 of the latest window, descending."""
+
+    @abstractmethod
+    def directions(self, ks: Sequence[int]) -> Tensor:
+        """v_k [len(ks), P] (1-indexed k); raises ``DirectionUnavailable`` for a k the window lacks."""
+
+
+def sequence_keys(tokens: Tensor) -> Tensor:
+    """Deterministic content key per row of ``tokens`` [B, T] -> [B] int64 (CRC32 of the row bytes)."""
+    rows = tokens.detach().to("cpu", torch.int64).contiguous().numpy()
+    return torch.tensor([zlib.crc32(row.tobytes()) for row in rows], dtype=torch.int64)

@@ -1,0 +1,331 @@
+"""The per-row analyses of an UpdateRecorder, and the one Gram window they all read.
+
+The data path of a row, top to bottom in this file and the analysis's own: inside the optimizer hook
+(device work, no host sync) the ``GramWindow`` and each analysis take the inner products they need from the new
+row (``RowAnalysis.row_products``, named fields); later (host work, float64) ``GramWindow.process`` borders
+G = X Xᵀ with the row, solves the window once and hands the resulting ``WindowRow`` to every analysis
+(``RowAnalysis.absorb`` turns it into scalars); ``publish`` labels them with trainer.global_step and logs them on
+rank zero, and keeps the latest values and an optional history.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from typing_extensions import override
+
+from callbacks.functional.gram_spectrum import append_gram, window_spectrum
+from callbacks.update_recorder import RowEvent, UpdateRecorder
+from callbacks.utils.errors import ConfigurationError
+
+LAYOUT_CATEGORY = "spectral edge"
+Products = dict[str, Tensor]
+
+
+def reduce_products(recorder: UpdateRecorder, products: Products) -> Products:
+    """Named products summed over ranks in one collective when the recorder's selection is sharded (else the
+    same values)."""
+    flat = recorder.all_reduce(torch.cat([t.reshape(-1) for t in products.values()]))
+    pieces = flat.split([t.numel() for t in products.values()])
+    return {name: piece.view_as(t) for (name, t), piece in zip(products.items(), pieces)}
+
+
+def to_host(products: Products) -> Products:
+    return {name: t.detach().to("cpu", torch.float64) for name, t in products.items()}
+
+
+@dataclass
+class WindowRow:
+    """The Gram window as of one completed row: what every analysis reads."""
+
+    index: int  # 0-based row number
+    steps: int  # optimizer steps recorded when the row completed
+    gram: Tensor  # [m+1, m+1] float64: X Xᵀ of the m <= window previous rows and this one, oldest→newest
+    order: list[int]  # ring slots of those m previous rows, oldest→newest (to read ring-indexed products)
+    xx: float  # ‖x‖² of the new row
+    size: int  # w = min(window, index + 1): rows in the window ending at this row
+    sigma: Tensor  # [w] float64, descending (empty when w < 2)
+    u: Tensor  # [w, w]: column k is u_k, v_k = Xᵀu_k / σ_k
+
+    def oldest_first(self, ring_products: Tensor) -> Tensor:
+        """Products with the ring's slots [window] → the m previous rows, oldest→newest."""
+        return ring_products[self.order]
+
+
+class GramWindow:
+    """G = X Xᵀ of a recorder's last window + 1 rows (the extra row gives the previous window), kept once per
+    recorder and solved once per row, for every analysis bound to that recorder."""
+
+    _of: "weakref.WeakKeyDictionary[UpdateRecorder, GramWindow]" = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, recorder: UpdateRecorder) -> "GramWindow":
+        """The recorder's window, made (and hooked to its rows) on first use."""
+        if recorder not in cls._of:
+            cls._of[recorder] = cls(recorder)
+        return cls._of[recorder]
+
+    def __init__(self, recorder: UpdateRecorder) -> None:
+        self.recorder = recorder
+        self.readers: list[RowAnalysis] = []
+        self.rows_seen = 0
+        self._gram = torch.zeros(0, 0, dtype=torch.float64)
+        self._pending: deque[tuple[int, int, Products]] = deque()
+        self._latest: Optional[WindowRow] = None
+        recorder.add_row_listener(self._on_row)
+
+    def subscribe(self, reader: "RowAnalysis") -> None:
+        if reader not in self.readers:
+            self.readers.append(reader)
+
+    def _on_row(self, event: RowEvent) -> None:
+        """Device work in the optimizer hook: the new row's inner products with the ring and itself."""
+        x = event.total
+        products = {"ring_x": event.ring_total @ x, "xx": x @ x}
+        self._pending.append((event.index, event.steps, reduce_products(self.recorder, products)))
+
+    def process(self) -> None:
+        """Host work: border G with each pending row, solve the window, hand the row to every reader in order."""
+        while self._pending:
+            index, steps, products = self._pending.popleft()
+            p = to_host(products)
+            W = self.recorder.window
+            order = self.recorder.ring_order(index)  # slots of the previous rows, oldest→newest
+            self._gram = append_gram(self._gram, p["ring_x"][order], p["xx"], keep=W + 1)
+            size = min(W, index + 1)
+            sigma, u = self._solve(size)
+            row = WindowRow(index, steps, self._gram, order, float(p["xx"]), size, sigma, u)
+            self.rows_seen, self._latest = index + 1, row
+            for reader in self.readers:
+                reader._absorb_row(row)
+
+    def _solve(self, size: int) -> tuple[Tensor, Tensor]:
+        if size < 2:
+            empty = torch.zeros(0, dtype=torch.float64)
+            return empty, empty.reshape(0, 0)
+        return window_spectrum(self._gram[-size:, -size:])
+
+    def spectrum(self) -> tuple[int, Tensor, Tensor]:
+        """(w, σ [w], U [w, w]) of the window ending at the latest completed row (w = 0 before two rows)."""
+        self.process()
+        size = min(self.recorder.window, self.rows_seen)
+        if size < 2:
+            return 0, *self._solve(0)
+        if self._latest is None or self._latest.index + 1 != self.rows_seen:  # restored from a checkpoint
+            self._latest = WindowRow(self.rows_seen - 1, -1, self._gram, [], math.nan, size, *self._solve(size))
+        return size, self._latest.sigma, self._latest.u
+
+    def state_dict(self) -> dict[str, Any]:
+        self.process()
+        return {"rows": self.rows_seen, "gram": self._gram.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows_seen, self._gram = state["rows"], state["gram"].to(torch.float64)
+        self._pending.clear()
+        self._latest = None
+
+
+class RowAnalysis(Callback, ABC):
+    """Base class of the analyses of each completed row: named products of the row → (later, with the shared
+    ``WindowRow``) scalars → loggers, ``latest`` and an optional ``.npz`` history.
+
+    Subclasses implement ``row_products`` (device) and ``absorb`` (host); ``custom_scalar_charts`` and the
+    ``_analysis_state`` pair are optional.
+    """
+
+    def __init__(self, top_k: int = 5, history_path: Optional[str] = None) -> None:
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ConfigurationError(f"top_k must be an integer >= 1 (directions to report), got {top_k!r}")
+        self.top_k = top_k
+        self.history_path = history_path
+        self._recorder: Optional[UpdateRecorder] = None
+        self._window: Optional[GramWindow] = None
+        self._restored_window: Optional[dict[str, Any]] = None
+        self._trainer: Optional[pl.Trainer] = None
+        self._rows_seen = 0  # rows turned into scalars
+        self._pending: deque[tuple[int, Products]] = deque()  # (row index, products on device)
+        self._unpublished: list[tuple[int, dict]] = []  # (step, metrics) not yet logged
+        self._history: list[tuple[int, dict]] = []  # logged (step, metrics), kept when history_path is set
+        self._latest: dict[str, float] = {}
+        self._last_step: Optional[int] = None
+        self._last_logged_step: Optional[int] = None
+
+    # ---------------------------------------------------------------- for subclasses
+    def row_products(self, event: RowEvent) -> Products:
+        """Named inner products this analysis needs from the new row beyond the window's (device, no sync)."""
+        return {}
+
+    @abstractmethod
+    def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:
+        """Update the small host state with ``row`` and this analysis's ``products`` of it (float64, summed over
+        ranks) and return the row's scalars."""
+
+    def custom_scalar_charts(self) -> dict[str, list]:
+        """TensorBoard multiline charts, ``{title: ["Multiline", [tags]]}``."""
+        return {}
+
+    def _analysis_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_analysis_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ---------------------------------------------------------------- wiring
+    def bind(self, recorder: UpdateRecorder, trainer: Optional["pl.Trainer"] = None) -> None:
+        """Read ``recorder``'s Gram window and rows; with a trainer, rows are labelled by trainer.global_step."""
+        if self.top_k > recorder.window:
+            raise ConfigurationError(
+                f"{type(self).__name__}(top_k={self.top_k}) exceeds UpdateRecorder(window={recorder.window}): "
+                "lower top_k or raise window"
+            )
+        self._recorder, self._trainer = recorder, trainer
+        self._window = GramWindow.of(recorder)
+        self._window.subscribe(self)
+        if self._restored_window is not None:
+            self._window.load_state_dict(self._restored_window)
+            self._restored_window = None
+        recorder.add_row_listener(self._on_row)
+
+    def _on_row(self, event: RowEvent) -> None:
+        if event.index != self._rows_seen + len(self._pending):
+            raise RuntimeError(
+                f"{type(self).__name__} has seen {self._rows_seen + len(self._pending)} rows but the UpdateRecorder "
+                f"is at row {event.index}: restore both from the same checkpoint"
+            )
+        products = self.row_products(event)
+        self._pending.append((event.index, reduce_products(self._recorder, products) if products else {}))
+
+    def _absorb_row(self, row: WindowRow) -> None:
+        """Called by the window, in row order: this analysis's scalars of ``row``, labelled by its global step."""
+        if not self._pending or self._pending[0][0] > row.index:
+            return  # a row completed before this analysis was bound
+        index, products = self._pending.popleft()
+        metrics = self.absorb(row, to_host(products))
+        self._rows_seen = index + 1
+        step = row.steps
+        if self._trainer is not None:  # the recorder's step count can lag global_step (AMP skips, late attach)
+            step = self._trainer.global_step - (self._recorder.steps_done - row.steps)
+        self._unpublished.append((step, metrics))
+        self._latest, self._last_step = metrics, step
+
+    def _process(self) -> None:
+        if self._window is not None:
+            self._window.process()
+    @property
+    def latest(self) -> dict[str, float]:
+        """Scalars of the latest completed row (the logged names, e.g. ``edge/sigma_1``)."""
+        self._process()
+        return dict(self._latest)
+
+    @property
+    def last_step(self) -> Optional[int]:
+        """trainer.global_step at which the latest row completed (None before the first row)."""
+        self._process()
+        return self._last_step
+
+    def publish(self, trainer: Optional["pl.Trainer"] = None) -> list[tuple[int, dict]]:
+        """Turn pending rows into scalars, log them (rank zero of ``trainer``) and return them as (step, metrics).
+
+        Like Lightning's own logging, loggers get at most one row per ``trainer.log_every_n_steps`` steps
+        (the first row completing in each such span); ``latest`` and the ``.npz`` history keep every row.
+        """
+        self._process()
+        out, self._unpublished = self._unpublished, []
+        if trainer is not None and trainer.is_global_zero:
+            every = max(1, trainer.log_every_n_steps)
+            for step, metrics in out:
+                if self._last_logged_step is not None and step // every <= self._last_logged_step // every:
+                    continue
+                self._last_logged_step = step
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step)
+        if self.history_path is not None:
+            self._history.extend(out)
+        return out
+
+    def save_history(self, path: str) -> None:
+        """Every logged scalar vs step: ``name -> float64 [n, 2]`` (columns step, value) in one ``.npz``."""
+        names = sorted({name for _, metrics in self._history for name in metrics})
+        arrays = {
+            name: np.array([(s, m[name]) for s, m in self._history if name in m], dtype=np.float64).reshape(-1, 2)
+            for name in names
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        np.savez(path, **arrays)
+
+    # ---------------------------------------------------------------- Lightning hooks
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        """Bind to the trainer's UpdateRecorder before training (its rows start at fit start)."""
+        self.bind(UpdateRecorder.find(trainer), trainer)
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """The first analysis writes one TensorBoard custom-scalar layout for all of them."""
+        analyses = [cb for cb in trainer.callbacks if isinstance(cb, RowAnalysis)]
+        if not trainer.is_global_zero or analyses[0] is not self:
+            return  # the first analysis writes one layout for all of them
+        charts: dict[str, list] = {}
+        for cb in analyses:
+            charts.update(cb.custom_scalar_charts())
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and charts:
+                logger.experiment.add_custom_scalars({LAYOUT_CATEGORY: charts})
+
+    @override
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *args: Any) -> None:
+        """Log the rows that completed in this batch."""
+        self.publish(trainer)
+
+    @override
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        """Log the last rows and write the ``.npz`` history."""
+        self.publish(trainer)
+        if self.history_path is not None and trainer.is_global_zero:
+            path = self.history_path
+            if not os.path.isabs(path):
+                path = os.path.join(trainer.log_dir or trainer.default_root_dir, path)
+            self.save_history(path)
+
+    # ---------------------------------------------------------------- checkpointing
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        self._process()
+        window = self._window.state_dict() if self._window is not None else self._restored_window
+        return {
+            "window": window,
+            "rows_seen": self._rows_seen,
+            "unpublished": list(self._unpublished),
+            "history": list(self._history),
+            "latest": dict(self._latest),
+            "last_step": self._last_step,
+            "last_logged_step": self._last_logged_step,
+            **self._analysis_state(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = deque()
+        self._restored_window = state_dict.get("window")
+        if self._restored_window is None and "gram" in state_dict:  # a checkpoint from before the shared window
+            self._restored_window = {"rows": state_dict["rows_seen"], "gram": state_dict["gram"]}
+        if self._window is not None and self._restored_window is not None:
+            self._window.load_state_dict(self._restored_window)
+            self._restored_window = None
+        self._rows_seen = state_dict["rows_seen"]
+        self._unpublished = list(state_dict["unpublished"])
+        self._history = list(state_dict["history"])
+        self._latest, self._last_step = dict(state_dict["latest"]), state_dict["last_step"]
+        self._last_logged_step = state_dict["last_logged_step"]
+        self._load_analysis_state(state_dict)

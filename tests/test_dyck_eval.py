@@ -92,14 +92,14 @@ def test_a_run_with_fast_evaluation_trains_as_without_it_and_logs_the_padded_met
     def fit(**validation):
         pl.seed_everything(42, verbose=False)
         losses, reference = TrainLosses(), PaddedReference()
-        trainer = quiet_trainer(max_steps=200, gradient_clip_val=1.0, callbacks=[losses, reference], **validation)
+        trainer = quiet_trainer(max_steps=100, gradient_clip_val=1.0, callbacks=[losses, reference], **validation)
         trainer.fit(DyckTransformer(), DyckDataModule())
         return losses.losses, reference.pairs
 
-    evaluated, pairs = fit(val_check_interval=100, check_val_every_n_epoch=None)
+    evaluated, pairs = fit(val_check_interval=50, check_val_every_n_epoch=None)
     plain, _ = fit(limit_val_batches=0)
     assert evaluated == plain  # evaluation leaves the training trajectory bit for bit as it was
-    assert [(step, name) for step, name, *_ in pairs] == [(s, n) for s in (100, 200) for n in EVAL_SETS]
+    assert [(step, name) for step, name, *_ in pairs] == [(s, n) for s in (50, 100) for n in EVAL_SETS]
     for step, name, acc, ref_acc, loss, ref_loss in pairs:
         assert acc == ref_acc, (step, name)
         assert loss == pytest.approx(ref_loss, rel=1e-6), (step, name)

@@ -60,6 +60,16 @@ def test_a_partial_pass_counts_every_row_it_sees_once():
     assert logged["val/loss"] == pytest.approx(reference["loss"], rel=1e-6)
 
 
+def test_loaders_without_copies_count_every_row_once():
+    torch.manual_seed(0)
+    model, dm = DyckTransformer(), DyckDataModule()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dm.x_test[:700], dm.y_test[:700]), batch_size=256)
+    logged = quiet_trainer().validate(model, dataloaders=loader, verbose=False)[0]
+    reference = padded_token_metrics(model.eval(), list(loader), dm.n_classes)
+    assert logged["val/acc"] == reference["acc"]
+    assert logged["val/loss"] == pytest.approx(reference["loss"], rel=1e-6)
+
+
 class PaddedReference(pl.Callback):
     """After each validation: the padded metrics of the model as it is, beside what the module logged."""
 

@@ -78,11 +78,12 @@ class DyckTransformer(GrokModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y, copies = batch  # [B, T], [B, T], [B] (DyckDataModule's first_copy_counts)
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, *copies = batch  # [B, T], [B, T], and [B] DyckDataModule's first_copy_counts (else one per row)
         name = EVAL_SETS[dataloader_idx]
         metrics = self.metrics[name]
-        self.update_distinct(metrics, x, y, copies if self.whole_loader_pass(dataloader_idx) else torch.ones_like(copies))
+        counted = bool(copies) and self.whole_loader_pass(dataloader_idx)  # counts need the whole loader
+        self.update_distinct(metrics, x, y, copies[0] if counted else torch.ones_like(x[:, 0]))
         self.log(f"{name}/loss", metrics.loss, add_dataloader_idx=False)
         self.log(f"{name}/acc", metrics.acc, add_dataloader_idx=False, prog_bar=name == "val")
 
@@ -102,7 +103,7 @@ class DyckTransformer(GrokModule):
         loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
         return planned[dataloader_idx] == len(loader)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
 
     # --- what the analysis callbacks use (callbacks.utils.protocols) ---

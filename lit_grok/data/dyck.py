@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from callbacks import ConfigurationError
 from lit_grok.data.common import IGNORE
-from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
+from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader, first_copy_counts
 
 OPEN, CLOSE, PAD = 0, 1, 2
 VOCAB_SIZE = 3
@@ -72,6 +72,9 @@ def make_dyck_split(
 class DyckDataModule(TrainBatchesDataModule):
     """Dyck-1 data: bootstrap training batches, validation on [full test set, full training set].
 
+    Evaluation batches are ``(x [B, T], y [B, T], copies [B])``: the rows in order, padded, and each row's
+    ``first_copy_counts`` in its set, so the model can evaluate distinct rows once and count every copy.
+
     Args:
         n_total: sequences generated (train + test).
         n_train: training sequences (the rest is the test set).
@@ -105,10 +108,13 @@ class DyckDataModule(TrainBatchesDataModule):
             n_total, n_train, max_pairs, ctx_len, data_seed
         )
         self.train_batches = RandomBatches((self.x_train, self.y_train), batch_size)
+        self.test_copies = first_copy_counts(self.x_test, self.y_test)  # [n_test]
+        self.train_copies = first_copy_counts(self.x_train, self.y_train)  # [n_train]
 
     def val_dataloader(self) -> list[DataLoader]:
         size = self.hparams.eval_batch_size
-        return [eval_loader((self.x_test, self.y_test), size), eval_loader((self.x_train, self.y_train), size)]
+        return [eval_loader((self.x_test, self.y_test, self.test_copies), size),
+                eval_loader((self.x_train, self.y_train, self.train_copies), size)]
 
     def test_dataloader(self) -> DataLoader:
-        return eval_loader((self.x_test, self.y_test), self.hparams.eval_batch_size)
+        return eval_loader((self.x_test, self.y_test, self.test_copies), self.hparams.eval_batch_size)

@@ -94,5 +94,16 @@ def eval_loader(tensors: Sequence[Tensor], batch_size: int) -> DataLoader:
                       generator=torch.Generator())
 
 
+def first_copy_counts(*tensors: Tensor) -> Tensor:
+    """[N] int64: how many rows of ``tensors`` (compared across all of them) equal row i if it is the first
+    such row, else 0. Weighting row i by it evaluates each distinct row once and counts every copy."""
+    rows = torch.cat([t.reshape(len(t), -1) for t in tensors], dim=1)  # [N, sum of row sizes]
+    _, group, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)  # [N], [G]
+    first = torch.full_like(counts, len(rows)).scatter_reduce_(0, group, torch.arange(len(rows)), "amin")  # [G]
+    weights = torch.zeros(len(rows), dtype=torch.long)
+    weights[first] = counts
+    return weights
+
+
 def stack_batch(items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     return tuple(torch.stack(column) for column in zip(*items))

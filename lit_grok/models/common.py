@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks import ConfigurationError, NonFiniteError
 from lit_grok.data.common import IGNORE
@@ -51,26 +50,40 @@ class GrokModule(pl.LightningModule):
 
 
 class TokenMetrics(nn.Module):
-    """Token-weighted mean cross-entropy and token accuracy over labelled positions of one eval set."""
+    """Token-weighted mean cross-entropy and token accuracy over labelled positions of one eval set.
 
-    def __init__(self, n_classes: int) -> None:
+    A row of weight w counts as w copies of its sequence: the same sums as w separate rows.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
         self.loss = MeanMetric()
-        self.acc = MulticlassAccuracy(n_classes, average="micro", ignore_index=IGNORE)
+        self.acc = MeanMetric()  # hits / tokens: integer sums, exact in float32 like MulticlassAccuracy's
 
-    def update(self, logits: Tensor, targets: Tensor) -> None:
-        # logits [..., C], targets [...] with IGNORE at unlabelled positions
-        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-        labelled = flat_targets != IGNORE
-        n = labelled.sum()
-        loss = F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=IGNORE)
-        self.loss.update(loss, weight=n)
-        self.acc.update(flat_logits, flat_targets)
+    def update(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> None:
+        # logits [B, T, C], targets [B, T] with IGNORE at unlabelled positions, weight [B] copies per row
+        labelled = targets != IGNORE  # [B, T]
+        copies = torch.ones_like(targets) if weight is None else weight[:, None].expand_as(targets)
+        token_weight = copies[labelled].float()  # [N]
+        flat_logits, flat_targets = logits[labelled], targets[labelled]  # [N, C], [N]
+        self.loss.update(F.cross_entropy(flat_logits.float(), flat_targets, reduction="none"), weight=token_weight)
+        self.acc.update((flat_logits.argmax(-1) == flat_targets).float(), weight=token_weight)
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over labelled tokens (the reference's training loss)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+
+def length_sorted_chunks(targets: Tensor, size: int, rows: Tensor | None = None) -> list[tuple[Tensor, int]]:
+    """(row indices [<= size], length) of ``rows`` (default: all) of ``targets`` [B, T], longest first; length is one
+    past the chunk's last labelled position: a causal model's logits there equal the padded batch's."""
+    positions = torch.arange(1, targets.shape[1] + 1, device=targets.device)  # [T]
+    length = ((targets != IGNORE) * positions).amax(1)  # [B]
+    rows = torch.arange(len(targets), device=targets.device) if rows is None else rows
+    rows = rows[length[rows] > 0]  # rows without labels add nothing
+    order = rows[length[rows].argsort(descending=True, stable=True)]  # [K] longest first
+    return list(zip(order.split(size), length[order[::size]].tolist()))  # one host sync for all chunks
 
 
 def labelled_positions(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:

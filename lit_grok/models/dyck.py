@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.data.common import IGNORE
-from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
+EVAL_CHUNK = 128  # rows per forward of the length-sorted evaluation
 
 
 class DyckTransformer(GrokModule):
@@ -60,7 +61,7 @@ class DyckTransformer(GrokModule):
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, n_classes)
-        self.metrics = nn.ModuleDict({name: TokenMetrics(n_classes) for name in EVAL_SETS})
+        self.metrics = nn.ModuleDict({name: TokenMetrics() for name in EVAL_SETS})
 
     def forward(self, x: Tensor) -> Tensor:
         # x [B, T] token ids -> logits [B, T, n_classes]
@@ -76,23 +77,40 @@ class DyckTransformer(GrokModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y, *copies = batch  # [B, T], [B, T], and [B] DyckDataModule's first_copy_counts (else one per row)
         name = EVAL_SETS[dataloader_idx]
         metrics = self.metrics[name]
-        metrics.update(self(x), y)
+        counted = bool(copies) and self.whole_loader_pass(dataloader_idx)  # counts need the whole loader
+        self.update_distinct(metrics, x, y, copies[0] if counted else torch.ones_like(x[:, 0]))
         self.log(f"{name}/loss", metrics.loss, add_dataloader_idx=False)
         self.log(f"{name}/acc", metrics.acc, add_dataloader_idx=False, prog_bar=name == "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def update_distinct(self, metrics: TokenMetrics, x: Tensor, y: Tensor, weight: Tensor) -> None:
+        """Evaluate the rows of weight > 0, longest first in chunks cut after their last label, each counted
+        ``weight`` times: the causal model gives every kept position the logits of the padded batch."""
+        for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (weight > 0).nonzero().squeeze(1)):
+            metrics.update(self(x[rows, :T]), y[rows, :T], weight[rows])
+
+    def whole_loader_pass(self, dataloader_idx: int) -> bool:
+        """Whether this evaluation runs every batch of its loader (first-copy counts need all of them)."""
+        trainer = self.trainer
+        if trainer.sanity_checking:
+            return False
+        planned, loaders = (trainer.num_test_batches, trainer.test_dataloaders) if trainer.testing else (
+            trainer.num_val_batches, trainer.val_dataloaders)
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        return planned[dataloader_idx] == len(loader)
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
 
     # --- what the analysis callbacks use (callbacks.utils.protocols) ---
-    def labelled_logits(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
+    def labelled_logits(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch[:2]  # training (x, y) or evaluation (x, y, copies): every row, padded
         return labelled_positions(self(x), y)
 
-    def probe_targets(self, batch: tuple[Tensor, Tensor]) -> dict[str, ProbeTarget]:
-        x, y = batch
+    def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
+        x, y = batch[:2]
         mask = y != IGNORE
         return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=sequence_keys(x))}

@@ -6,18 +6,23 @@ sees padded source positions; ``memory_padding_mask=True`` is the corrected vari
 from __future__ import annotations
 
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.data.common import IGNORE
-from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks
 
 PAD, SOS, EOS = 0, 1, 2
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test-eval subset, 1 = training subset
 Batch = tuple[Tensor, Tensor, Tensor]  # src [B, S], tgt_in [B, T], tgt_out [B, T]
+TRAIN_CHUNK = 32  # rows per decoder pass of the length-sorted training loss
+EVAL_CHUNK = 64  # rows per decoder pass of the teacher-forced evaluation
 
 
 def causal_mask(T: int, device: torch.device) -> Tensor:
@@ -80,7 +85,7 @@ class ScanTransformer(GrokModule):
             )
         self.ln_out = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, tgt_vocab_size)
-        self.metrics = nn.ModuleDict({name: TokenMetrics(tgt_vocab_size) for name in EVAL_SETS})
+        self.metrics = nn.ModuleDict({name: TokenMetrics() for name in EVAL_SETS})
         self.seq_acc = nn.ModuleDict({name: MeanMetric() for name in EVAL_SETS})
         self.greedy_acc = MeanMetric()
 
@@ -110,37 +115,85 @@ class ScanTransformer(GrokModule):
 
     @torch.no_grad()
     def greedy_decode(self, src: Tensor, max_len: int | None = None) -> Tensor:
-        """Free-running argmax decoding: [B, S] -> generated action ids [B, max_len] (EOS included)."""
+        """Free-running argmax decoding: [B, S] -> generated action ids [B, L <= max_len] (EOS included),
+        stopping once every row has emitted EOS (rows that have go on decoding until then)."""
+        return self.greedy_steps(src, max_len)[0]
+
+    @torch.no_grad()
+    def greedy_steps(self, src: Tensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """(ids [B, L], logits [B, L, V]) of greedy decoding, one new position per step: each decoder layer
+        keeps its self-attention keys/values and the encoder memory's, the same weights as ``decode``."""
         max_len = max_len or self.hparams.max_tgt_len - 1
-        memory = self.encode(src)
-        ys = torch.full((src.shape[0], 1), SOS, dtype=torch.long, device=src.device)
-        for _ in range(max_len):
-            next_tok = self.decode(ys, memory, src)[:, -1].argmax(-1, keepdim=True)
-            ys = torch.cat([ys, next_tok], dim=1)
-            if bool((ys == EOS).any(1).all()):
+        B, H = src.shape[0], self.hparams.n_heads
+        memory = self.encode(src)  # [B, S, D]
+        memory_keep = (src != PAD)[:, None, None] if self.hparams.memory_padding_mask else None  # [B, 1, 1, S]
+        layers = self.transformer.decoder.layers
+        cross = [kv_heads(layer.multihead_attn, memory, H) for layer in layers]  # per layer ([B, H, S, dh],) * 2
+        cache = [memory.new_empty(2, B, H, max_len, memory.shape[-1] // H) for _ in layers]  # K/V [B, H, L, dh]
+        key_keep = torch.empty(B, 1, 1, max_len, dtype=torch.bool, device=src.device)  # non-PAD inputs
+        token = torch.full((B,), SOS, dtype=torch.long, device=src.device)  # [B] input of this step
+        done = torch.zeros(B, dtype=torch.bool, device=src.device)
+        ids, logits = [], []
+        for t in range(max_len):
+            h = (self.tgt_tok(token) + self.tgt_pos.weight[t])[:, None]  # [B, 1, D]
+            key_keep[..., t] = (token != PAD)[:, None, None]  # decode masks PAD inputs as keys
+            for layer, kv, (k_mem, v_mem) in zip(layers, cache, cross):
+                h = h + self_attention_step(layer.self_attn, layer.norm1(h), kv, t, key_keep[..., : t + 1], H)
+                q = heads(F.linear(layer.norm2(h), *q_projection(layer.multihead_attn)), H)  # [B, H, 1, dh]
+                attended = F.scaled_dot_product_attention(q, k_mem, v_mem, attn_mask=memory_keep)
+                h = h + layer.multihead_attn.out_proj(merge_heads(attended))
+                h = h + layer._ff_block(layer.norm3(h))
+            step_logits = self.head(self.ln_out(self.transformer.decoder.norm(h)))[:, 0]  # [B, V]
+            token = step_logits.argmax(-1)
+            ids.append(token)
+            logits.append(step_logits)
+            done |= token == EOS
+            if bool(done.all()):
                 break
-        return ys[:, 1:]
+        return torch.stack(ids, 1), torch.stack(logits, 1)
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        src, tgt_in, tgt_out = batch
-        loss = masked_cross_entropy(self(src, tgt_in), tgt_out)
+        with self.training_attention():
+            loss = self.length_sorted_loss(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def training_attention(self) -> AbstractContextManager:
+        """Under CPU autocast (``precision: bf16-mixed``), attention as plain matmuls (SDPA's math kernel):
+        the fused CPU kernel's bf16 backward is slower than the whole fp32 step's attention."""
+        if self.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            return sdpa_kernel([SDPBackend.MATH])
+        return nullcontext()
+
+    def length_sorted_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
+        """The batch's token-mean cross-entropy, decoded in length-sorted chunks cut after their last label:
+        the causal decoder gives every labelled position the logits of the padded batch (same gradient)."""
+        memory = self.encode(src)  # [B, S, D]: source padding stays, cross-attention sees it (reference)
+        summed = []
+        for rows, T in length_sorted_chunks(tgt_out, TRAIN_CHUNK):
+            logits = self.decode(tgt_in[rows, :T], memory[rows], src[rows])  # [b, T, V]
+            summed.append(F.cross_entropy(logits.flatten(0, 1), tgt_out[rows, :T].flatten(), ignore_index=IGNORE, reduction="sum"))
+        return torch.stack(summed).sum() / (tgt_out != IGNORE).sum()
+
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        src, tgt_in, tgt_out = batch
         name = EVAL_SETS[dataloader_idx]
-        logits = self(src, tgt_in)
-        self.metrics[name].update(logits, tgt_out)
-        labelled = tgt_out != IGNORE
-        seq_ok = ((logits.argmax(-1) == tgt_out) | ~labelled).all(1)
-        self.seq_acc[name].update(seq_ok.float())
+        self.update_eval_metrics(name, *batch)
         self.log(f"{name}/loss", self.metrics[name].loss, add_dataloader_idx=False)
         self.log(f"{name}/acc", self.metrics[name].acc, add_dataloader_idx=False)
         self.log(f"{name}/seq_acc", self.seq_acc[name], add_dataloader_idx=False, prog_bar=name == "val")
         if name == "val" and self.hparams.greedy_eval:
-            self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
             self.log("val/greedy_acc", self.greedy_acc, add_dataloader_idx=False)
+
+    def update_eval_metrics(self, name: str, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> None:
+        """Teacher-forced metrics of eval set ``name`` from length-sorted chunks cut after their last label
+        (the padded batch's logits), and on "val" greedy exact match from the incremental decoder."""
+        memory = self.encode(src)  # [B, S, D]
+        for rows, T in length_sorted_chunks(tgt_out, EVAL_CHUNK):
+            logits, targets = self.decode(tgt_in[rows, :T], memory[rows], src[rows]), tgt_out[rows, :T]  # [b, T, V], [b, T]
+            self.metrics[name].update(logits, targets)
+            self.seq_acc[name].update(((logits.argmax(-1) == targets) | (targets == IGNORE)).all(1).float())
+        if name == "val" and self.hparams.greedy_eval:
+            self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)
@@ -159,6 +212,38 @@ class ScanTransformer(GrokModule):
             # encoder positions [B, S]: the command token (its mask marks the non-pad source positions)
             "source": ProbeTarget(values=src, mask=src != PAD, categorical=True, groups=groups),
         }
+
+
+def heads(x: Tensor, n_heads: int) -> Tensor:
+    """[B, L, D] -> [B, H, L, D / H]."""
+    return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B, H, L, dh] -> [B, L, H * dh]."""
+    return x.transpose(1, 2).flatten(2)
+
+
+def q_projection(attn: nn.MultiheadAttention) -> tuple[Tensor, Tensor]:
+    """The query rows (weight [D, D], bias [D]) of a packed ``in_proj``."""
+    D = attn.embed_dim
+    return attn.in_proj_weight[:D], attn.in_proj_bias[:D]
+
+
+def kv_heads(attn: nn.MultiheadAttention, x: Tensor, n_heads: int) -> tuple[Tensor, Tensor]:
+    """Keys and values [B, H, L, dh] of ``attn`` for the positions ``x`` [B, L, D]."""
+    D = attn.embed_dim
+    k, v = F.linear(x, attn.in_proj_weight[D:], attn.in_proj_bias[D:]).chunk(2, -1)  # [B, L, D] each
+    return heads(k, n_heads), heads(v, n_heads)
+
+
+def self_attention_step(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor, t: int, key_keep: Tensor, n_heads: int) -> Tensor:
+    """Causal self-attention output [B, 1, D] of position ``t`` (input ``x`` [B, 1, D]): stores its key and value
+    in ``kv`` [2, B, H, L, dh] at ``t``, attends over positions 0..t where ``key_keep`` [B, 1, 1, t + 1]."""
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)  # [B, 1, D] each
+    kv[0, :, :, t], kv[1, :, :, t] = heads(k, n_heads)[:, :, 0], heads(v, n_heads)[:, :, 0]
+    out = F.scaled_dot_product_attention(heads(q, n_heads), kv[0, :, :, : t + 1], kv[1, :, :, : t + 1], attn_mask=key_keep)
+    return attn.out_proj(merge_heads(out))
 
 
 def greedy_exact_match(generated: Tensor, tgt_out: Tensor) -> Tensor:

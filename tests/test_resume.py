@@ -53,12 +53,13 @@ def test_a_signal_checkpoints_that_step_and_the_resumed_run_is_the_same_run(tmp_
     common = [*DYCK, f"--trainer.max_steps={end}", "--callbacks.recorder.interval=40", *FAST]
     main(["fit", *common, "--trainer.logger.init_args.name=whole"])
 
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
         main(["fit", *common, "--trainer.logger.init_args.name=cut", signal_at(stop, signum)])
     assert stopped.value.code == 130
     checkpoint = tmp_path / "logs" / "cut" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=True)["global_step"] == stop
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
 
     main(["fit", *common, "--trainer.logger.init_args.name=cut", "--ckpt_path=last"])
     assert not (tmp_path / "logs" / "cut" / "version_1").exists()  # resumed in its own folder

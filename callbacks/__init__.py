@@ -16,6 +16,7 @@ from callbacks.probe_callback import ProbeCallback
 from callbacks.rng_states import RNGStates
 from callbacks.update_recorder import RowEvent, UpdateRecorder
 from callbacks.utils.causal import CausalTestCallback
+from callbacks.utils.decay_rules import DecayRule, DecayStep, register_decay_rule
 from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
 from callbacks.utils.protocols import (
     DirectionSource, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget, sequence_keys,
@@ -30,6 +31,7 @@ __all__ = [
     "InterruptCheckpoint", "PerturbationCallback", "ProbeCallback", "RNGStates", "UpdateRecorder", "WeightDecaySchedule",
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
     "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
+    "DecayRule", "DecayStep", "register_decay_rule",
     "DirectionSource", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",

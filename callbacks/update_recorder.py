@@ -7,7 +7,7 @@ applied, from the lr / ω of its live param groups), sums ``interval`` steps int
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
@@ -16,15 +16,13 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torch.optim import SGD, Adam, Optimizer
+from torch.optim import Optimizer
 from typing_extensions import override
 
+from callbacks.utils.decay_rules import LOW_PRECISION, DecayStep, decay_rule
 from callbacks.utils.errors import ConfigurationError, NonFiniteError
 from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
 from callbacks.utils.trainer import find
-
-SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
-LOW_PRECISION = {torch.bfloat16: "bf16-true", torch.float16: "16-true"}  # parameter dtype -> Lightning precision
 
 
 @dataclass
@@ -50,35 +48,28 @@ class _Track:
     total: Tensor
     wd: Tensor
     raw: Optional[Tensor]
-    shadow: Optional[Tensor]  # SGD: decay part of the momentum buffer
-    first_momentum: bool = False
-
-
-def _decay_kind(optimizer: Optimizer, group: dict) -> str:
-    if isinstance(optimizer, Adam) and group.get("decoupled_weight_decay", False):
-        return "decoupled"
-    if isinstance(optimizer, SGD):
-        return "sgd"
-    return "unsupported"
+    shadow: Optional[Tensor]  # the decay rule's buffer (e.g. the decay part of SGD's momentum buffer)
+    before: dict = field(default_factory=dict)  # what the decay rule kept from the state before the step
 
 
 def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Optional[str]:
     """Why the decay part of this group's steps on ``dtype`` parameters cannot be split exactly (None: it can)."""
     wd, name = group.get("weight_decay", 0), type(optimizer).__name__
-    if wd == 0:
-        return None
-    kind = _decay_kind(optimizer, group)
-    if kind == "unsupported":
+    rule = decay_rule(optimizer)
+    if rule is None:
+        if wd == 0:
+            return None
         return (
-            f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): "
-            f"supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
+            f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): {name} has no decay rule; "
+            f"register one with callbacks.register_decay_rule({name}, DecayRule(...)) (see UpdateRecorder), "
+            "or use weight_decay=0"
         )
-    if dtype not in LOW_PRECISION:
+    if not rule.active(group) or dtype not in LOW_PRECISION:
         return None
     where = f"{str(dtype).removeprefix('torch.')} parameters (precision={LOW_PRECISION[dtype]!r})"
-    if kind == "sgd":  # d_p = g + ωθ is rounded (and enters the momentum buffer) before anything is observable
+    if rule.coupled(group):  # g + ωθ is rounded (and enters the optimizer's state) before anything is observable
         return (
-            f"UpdateRecorder cannot measure the weight decay SGD(weight_decay={wd}) on {where} applies: it is "
+            f"UpdateRecorder cannot measure the weight decay {name}(weight_decay={wd}) on {where} applies: it is "
             "rounded together with the gradient; use fp32 parameters (e.g. precision='bf16-mixed'), AdamW, or "
             "weight_decay=0"
         )
@@ -88,14 +79,6 @@ def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Opt
             "rounds it together with the gradient step; use fused=False"
         )
     return None
-
-
-def _axpy(acc: Tensor, x: Tensor, coef: Any) -> None:
-    """acc += coef · x, with coef a float or a (possibly device) scalar tensor, without host sync."""
-    if isinstance(coef, Tensor):
-        acc.add_(x * coef)
-    else:
-        acc.add_(x, alpha=coef)
 
 
 def _check_decay(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> None:
@@ -233,7 +216,8 @@ class UpdateRecorder(Callback):
         if self._selection is None or (self._selection.names, self._selection.numel) != (selection.names, selection.numel):
             self._allocate(selection)
         self._selection = selection
-        self._make_tracks(groups, momentum=isinstance(optimizer, SGD))
+        rule = decay_rule(optimizer)
+        self._make_tracks(groups, shadow=rule is not None and any(rule.shadow(optimizer.param_groups[i]) for i in groups))
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
@@ -276,8 +260,8 @@ class UpdateRecorder(Callback):
         self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
 
-    def _make_tracks(self, groups: list[int], momentum: bool) -> None:
-        if momentum and self._shadow is None:
+    def _make_tracks(self, groups: list[int], shadow: bool) -> None:
+        if shadow and self._shadow is None:
             self._shadow = torch.zeros_like(self._prev)
         self._tracks = []
         for block, p, group_index in zip(self.selection.blocks, self.selection.params, groups):
@@ -291,7 +275,7 @@ class UpdateRecorder(Callback):
                     total=self._acc_total[cut],
                     wd=self._acc_wd[cut],
                     raw=self._acc_raw[cut] if self._acc_raw is not None else None,
-                    shadow=self._shadow[cut] if momentum else None,
+                    shadow=self._shadow[cut] if self._shadow is not None else None,
                 )
             )
 
@@ -300,8 +284,10 @@ class UpdateRecorder(Callback):
     def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for t in self._tracks:
             t.prev.copy_(local_tensor(t.param).reshape(-1))
-            if t.shadow is not None:
-                t.first_momentum = optimizer.state.get(t.param, {}).get("momentum_buffer") is None
+        rule = decay_rule(optimizer)
+        if rule is not None:
+            for t in self._tracks:
+                t.before = rule.before(optimizer.state.get(t.param, {}))
 
     @torch.no_grad()
     def _post_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -319,34 +305,15 @@ class UpdateRecorder(Callback):
             self._complete_row()
 
     def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
-        """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the live group's lr, ω now) to t.wd.
-
-        Parameters stored in bf16 / fp16 get the decay the optimizer applied, its rounded θ·(1 − ηω) − θ.
-        """
+        """Add this step's decay part Δwd_s (the optimizer's decay rule, from θ_{s−1} = t.prev, the live group and
+        the optimizer's state after the step) to t.wd."""
         group = optimizer.param_groups[t.group]
-        lr, wd = group["lr"], group.get("weight_decay", 0)
         _check_decay(optimizer, group, t.param.dtype)  # ω may have been switched on since attach
-        kind = _decay_kind(optimizer, group)
-        if kind == "sgd" and group["momentum"] != 0:
-            mu, damp = group["momentum"], group["dampening"]
-            if t.first_momentum:  # torch initialises the buffer to the raw d_p, without dampening
-                t.shadow.copy_(t.prev).mul_(wd)
-            else:
-                t.shadow.mul_(mu)
-                _axpy(t.shadow, t.prev, (1 - damp) * wd)
-            if group["nesterov"]:
-                _axpy(t.wd, t.prev, -lr * wd)
-                _axpy(t.wd, t.shadow, -lr * mu)
-            else:
-                _axpy(t.wd, t.shadow, -lr)
+        rule = decay_rule(optimizer)
+        if rule is None or not (rule.active(group) or t.shadow is not None):  # a shadow decays on after ω → 0
             return
-        if wd == 0:
-            return
-        if t.param.dtype in LOW_PRECISION:  # torch's Adam: param.mul_(1 - lr * weight_decay), in the param's dtype
-            applied = t.prev.to(t.param.dtype).mul_(1 - lr * wd)  # [numel]
-            t.wd.add_(applied.to(t.wd.dtype).sub_(t.prev))  # the difference of two nearby bf16 values is exact
-        else:
-            _axpy(t.wd, t.prev, -lr * wd)
+        state = optimizer.state.get(t.param, {})
+        t.wd.add_(rule.decay(DecayStep(group, state, t.before, t.prev, t.shadow, t.param.dtype)))
 
     # ---------------------------------------------------------------- row completion (one sync per row)
     def _complete_row(self) -> None:

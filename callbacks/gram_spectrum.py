@@ -26,7 +26,7 @@ from callbacks.functional.gram_spectrum import (
 from callbacks.update_recorder import RowEvent
 from callbacks.utils.errors import DirectionUnavailable
 from callbacks.utils.protocols import DirectionSource
-from callbacks.utils.row_analysis import Products, RowAnalysis, WindowRow
+from callbacks.utils.row_analysis import Products, RowAnalysis, WindowRow, inner64
 from callbacks.utils.trainer import find
 
 
@@ -60,8 +60,11 @@ class GramSpectrum(RowAnalysis, DirectionSource):
     @override
     def row_products(self, event: RowEvent) -> Products:
         x = event.total
-        theta = self._recorder.flat_params().to(x.dtype)
-        return {"ring_theta": event.ring_total @ theta, "x_theta": x @ theta, "theta_theta": theta @ theta}
+        theta = self._recorder.flat_params()
+        return {
+            "ring_theta": inner64(event.ring_total, theta), "x_theta": inner64(x, theta),
+            "theta_theta": inner64(theta, theta),
+        }
 
     @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:

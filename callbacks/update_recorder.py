@@ -19,10 +19,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from callbacks.utils.decay_rules import LOW_PRECISION, DecayStep, decay_rule
-from callbacks.utils.errors import ConfigurationError, NonFiniteError
-from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
-from callbacks.utils.trainer import find
+from .utils.decay_rules import LOW_PRECISION, DecayStep, decay_rule
+from .utils.errors import ConfigurationError, NonFiniteError
+from .utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from .utils.trainer import find
 
 
 @dataclass
@@ -116,7 +116,7 @@ class UpdateRecorder(Callback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+        from lit_grok.callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 
         recorder = UpdateRecorder(params="attn_weights", interval=100, window=5)  # a row = 100 summed updates
         trainer = Trainer(callbacks=[recorder, GramSpectrum(top_k=5), EdgeDecomposer(top_k=5)])

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.optim import ASGD, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, Muon, NAdam, Optimizer, RAdam, RMSprop
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.param_selection import local_tensor
+from ..utils.errors import ConfigurationError
+from ..utils.param_selection import local_tensor
 
 LOW_PRECISION = {torch.bfloat16: "bf16-true", torch.float16: "16-true"}  # parameter dtype -> Lightning precision
 

@@ -25,9 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.gram_spectrum import append_gram, window_spectrum
-from callbacks.update_recorder import RowEvent, UpdateRecorder
-from callbacks.utils.errors import ConfigurationError
+from ..functional.gram_spectrum import append_gram, window_spectrum
+from ..update_recorder import RowEvent, UpdateRecorder
+from ..utils.errors import ConfigurationError
 
 LAYOUT_CATEGORY = "spectral edge"
 Products = dict[str, Tensor]

@@ -61,7 +61,7 @@ def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Opt
             return None
         return (
             f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): {name} has no decay rule; "
-            f"register one with callbacks.register_decay_rule({name}, DecayRule(...)) (see UpdateRecorder), "
+            f"register one with lit_grok.callbacks.register_decay_rule({name}, DecayRule(...)) (see UpdateRecorder), "
             "or use weight_decay=0"
         )
     if not rule.active(group) or dtype not in LOW_PRECISION:
@@ -105,13 +105,19 @@ class UpdateRecorder(Callback):
         keep_raw_grad: also sum the gradients the optimizer saw (after clipping / unscaling).
         sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
 
-    With SGD momentum, attach before the first step (or resume from a checkpoint holding this callback):
-    the decay part of a momentum buffer that predates the recorder is unknown and taken as zero.
+    The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``, docs/methods.md
+    §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is carried through a
+    shadow of the optimizer's momentum / first moment and divided by the optimizer's own denominator (read from
+    its state after the step), so the split is exact given that denominator. Rules exist for every torch
+    optimizer with weight decay (AdamW, Adam, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, ASGD,
+    Adafactor, Muon); any other optimizer with weight decay is refused until ``register_decay_rule`` gives one.
+    With a rule that keeps a shadow (coupled decay through momentum), attach before the first step (or resume
+    from a checkpoint holding this callback): the decay part of a buffer that predates the recorder is taken as 0.
 
     Hyperparameters are read from the optimizer's param groups at every step, so schedulers, a restored
     optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
-    (``precision="bf16-true"``) the decay part is the rounded decay AdamW applied (zero when θ·(1 − ηω)
-    rounds back to θ); SGD's coupled decay and fused AdamW cannot be measured there and are refused.
+    (``precision="bf16-true"``) the decay part is the rounded decay the optimizer applied (zero when
+    θ·(1 − ηω) rounds back to θ); coupled decay and fused AdamW cannot be measured there and are refused.
 
     Example::
 
@@ -121,6 +127,20 @@ class UpdateRecorder(Callback):
         recorder = UpdateRecorder(params="attn_weights", interval=100, window=5)  # a row = 100 summed updates
         trainer = Trainer(callbacks=[recorder, GramSpectrum(top_k=5), EdgeDecomposer(top_k=5)])
         # after trainer.fit(model): recorder.window_rows() -> (X_total, X_wd), each [w, P]
+
+    A rule for an optimizer of your own, e.g. one that steps θ ← θ(1 − ηω) − η·sign(g)::
+
+        import torch
+        from lit_grok.callbacks import DecayRule, register_decay_rule
+        from lit_grok.callbacks.utils.decay_rules import decoupled
+
+        class SignSGD(torch.optim.Optimizer):
+            def step(self, closure=None): ...  # θ.mul_(1 − lr·ω).add_(sign(g), alpha=−lr) per parameter
+
+        register_decay_rule(SignSGD, DecayRule(
+            decay=lambda step: decoupled(step, step.group["lr"] * step.group["weight_decay"]),  # −ηωθ_{s−1}
+            coupled=lambda group: False,  # applied to θ, not through the gradient
+        ))
     """
 
     def __init__(

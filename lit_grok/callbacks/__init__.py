@@ -1,8 +1,8 @@
 """Reusable Lightning callbacks that watch the spectral edge of parameter updates.
 
 They know nothing of Dyck or SCAN: any LightningModule trained by a torch optimizer works. The package has three
-rooms: this folder holds the public callbacks (one per file, named after its class), ``callbacks.functional`` the
-pure math each of them uses (one module per callback, no Lightning), and ``callbacks.utils`` the plumbing
+rooms: the ``callbacks/`` folder holds the public callbacks (one per file, named after its class), ``functional`` the
+pure math each of them uses (one module per callback, no Lightning), and ``utils`` the plumbing
 (parameter selection, evaluation, hidden-state capture, result files, the scheduling and per-row bases, protocols).
 
 Import it as ``lit_grok.callbacks`` inside other projects (a ``callbacks.py`` of theirs cannot shadow that name);

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from .utils.decay_rules import LOW_PRECISION, DecayStep, decay_rule
+from .utils.decay_rules import LOW_PRECISION, DecayRule, DecayStep, decay_rule
 from .utils.errors import ConfigurationError, NonFiniteError
 from .utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
 from .utils.trainer import find
@@ -48,6 +48,7 @@ class _Track:
     total: Tensor
     wd: Tensor
     raw: Optional[Tensor]
+    cut: slice  # where the parameter sits in the flat buffers
     shadow: Optional[Tensor]  # the decay rule's buffer (e.g. the decay part of SGD's momentum buffer)
     before: dict = field(default_factory=dict)  # what the decay rule kept from the state before the step
 
@@ -81,6 +82,12 @@ def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Opt
     return None
 
 
+def _needs_shadow(rule: DecayRule, group: dict) -> bool:
+    """The group's decay is on and its rule carries it through a buffer (allocated only then: plain Adam,
+    RMSprop... with ω = 0 cost nothing per step)."""
+    return rule.active(group) and rule.shadow(group)
+
+
 def _check_decay(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> None:
     problem = _decay_problem(optimizer, group, dtype)
     if problem is not None:
@@ -105,8 +112,8 @@ class UpdateRecorder(Callback):
         keep_raw_grad: also sum the gradients the optimizer saw (after clipping / unscaling).
         sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
 
-    The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``, docs/methods.md
-    §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is carried through a
+    The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``,
+    docs/methods.md §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is carried through a
     shadow of the optimizer's momentum / first moment and divided by the optimizer's own denominator (read from
     its state after the step), so the split is exact given that denominator. Rules exist for every torch
     optimizer with weight decay (AdamW, Adam, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, ASGD,
@@ -236,8 +243,10 @@ class UpdateRecorder(Callback):
         if self._selection is None or (self._selection.names, self._selection.numel) != (selection.names, selection.numel):
             self._allocate(selection)
         self._selection = selection
+        self._make_tracks(groups)
         rule = decay_rule(optimizer)
-        self._make_tracks(groups, shadow=rule is not None and any(rule.shadow(optimizer.param_groups[i]) for i in groups))
+        if rule is not None and any(_needs_shadow(rule, optimizer.param_groups[i]) for i in groups):
+            self._ensure_shadow()
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
@@ -280,9 +289,14 @@ class UpdateRecorder(Callback):
         self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
 
-    def _make_tracks(self, groups: list[int], shadow: bool) -> None:
-        if shadow and self._shadow is None:
+    def _ensure_shadow(self) -> None:
+        """Allocate the decay rule's shadow [P] (zeros: no decay has entered the optimizer's buffers yet)."""
+        if self._shadow is None:
             self._shadow = torch.zeros_like(self._prev)
+        for t in self._tracks:
+            t.shadow = self._shadow[t.cut]
+
+    def _make_tracks(self, groups: list[int]) -> None:
         self._tracks = []
         for block, p, group_index in zip(self.selection.blocks, self.selection.params, groups):
             cut = slice(block.offset, block.offset + block.numel)
@@ -291,6 +305,7 @@ class UpdateRecorder(Callback):
                     name=block.name,
                     param=p,
                     group=group_index,
+                    cut=cut,
                     prev=self._prev[cut],
                     total=self._acc_total[cut],
                     wd=self._acc_wd[cut],
@@ -332,6 +347,8 @@ class UpdateRecorder(Callback):
         rule = decay_rule(optimizer)
         if rule is None or not (rule.active(group) or t.shadow is not None):  # a shadow decays on after ω → 0
             return
+        if t.shadow is None and _needs_shadow(rule, group):  # ω switched on after attach: no decay entered before
+            self._ensure_shadow()
         state = optimizer.state.get(t.param, {})
         t.wd.add_(rule.decay(DecayStep(group, state, t.before, t.prev, t.shadow, t.param.dtype)))
 
@@ -443,6 +460,8 @@ class UpdateRecorder(Callback):
         self._ring_wd[order] = state["rows_wd"].to(self._ring_wd)
         if self._ring_raw is not None and state["rows_raw"] is not None:
             self._ring_raw[order] = state["rows_raw"].to(self._ring_raw)
+        if state["shadow"] is not None:
+            self._ensure_shadow()
         for name in ("acc_total", "acc_wd", "acc_raw", "shadow"):
             buf = getattr(self, "_" + name)
             if buf is not None and state[name] is not None:

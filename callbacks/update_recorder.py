@@ -113,11 +113,12 @@ class UpdateRecorder(Callback):
         sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
 
     The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``,
-    docs/methods.md §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is carried through a
-    shadow of the optimizer's momentum / first moment and divided by the optimizer's own denominator (read from
-    its state after the step), so the split is exact given that denominator. Rules exist for every torch
-    optimizer with weight decay (AdamW, Adam, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam, Adadelta, ASGD,
-    Adafactor, Muon); any other optimizer with weight decay is refused until ``register_decay_rule`` gives one.
+    docs/methods.md §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is
+    carried through a shadow of the optimizer's momentum / first moment and divided by the optimizer's own
+    denominator (read from its state after the step), so the split is exact given that denominator. Rules exist
+    for every torch optimizer with weight decay (AdamW, Adam, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam,
+    Adadelta, ASGD, Adafactor, Muon); any other optimizer with weight decay is refused until
+    ``register_decay_rule`` gives one.
     With a rule that keeps a shadow (coupled decay through momentum), attach before the first step (or resume
     from a checkpoint holding this callback): the decay part of a buffer that predates the recorder is taken as 0.
 

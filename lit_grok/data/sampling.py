@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lit_grok.callbacks import ConfigurationError
+from callbacks import ConfigurationError
 
 KEPT_STATES = 4  # generator states kept for the latest draws: the training loop fetches a batch ahead
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_grok.callbacks import ConfigurationError
+from callbacks import ConfigurationError
 from lit_grok.data.sampling import RandomBatches, TrainBatchesDataModule, eval_loader
 from lit_grok.data.scan_grammar import SPLITS, Pair, make_split
 

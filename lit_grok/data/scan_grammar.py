@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import random
 
-from lit_grok.callbacks import ConfigurationError
+from callbacks import ConfigurationError
 
 Pair = tuple[str, str]  # (command, actions), e.g. ("jump left", "I_TURN_LEFT I_JUMP")
 

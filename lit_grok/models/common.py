@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_grok.callbacks import ConfigurationError, NonFiniteError
+from callbacks import ConfigurationError, NonFiniteError
 
 IGNORE = -100
 

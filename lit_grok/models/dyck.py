@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lit_grok.callbacks import ConfigurationError, ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set

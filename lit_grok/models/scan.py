@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from lit_grok.callbacks import ConfigurationError, ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.models.common import IGNORE, GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
 
 PAD, SOS, EOS = 0, 1, 2

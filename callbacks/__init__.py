@@ -1,36 +1,31 @@
-"""Reusable Lightning callbacks that watch the spectral edge of parameter updates.
+"""The short import name of ``lit_grok.callbacks``: importing ``callbacks`` gives that same package and modules.
 
-They know nothing of Dyck or SCAN: any LightningModule trained by a torch optimizer works. The package has three
-rooms: this folder holds the public callbacks (one per file, named after its class), ``callbacks.functional`` the
-pure math each of them uses (one module per callback, no Lightning), and ``callbacks.utils`` the plumbing
-(parameter selection, evaluation, hidden-state capture, result files, the scheduling and per-row bases, protocols).
+The callbacks' code lives in this folder; ``lit_grok.callbacks`` (the name to use inside other projects, where a
+``callbacks.py`` may shadow this one) loads it, and this shim aliases ``callbacks`` and ``callbacks.*`` to it.
 """
-from callbacks.ablation_callback import AblationCallback
-from callbacks.edge_decomposer import EdgeDecomposer
-from callbacks.fourier_attention_callback import FourierAttentionCallback
-from callbacks.gram_spectrum import GramSpectrum
-from callbacks.grok_detector import GrokDetector
-from callbacks.interrupt_checkpoint import InterruptCheckpoint
-from callbacks.perturbation_callback import PerturbationCallback
-from callbacks.probe_callback import ProbeCallback
-from callbacks.rng_states import RNGStates
-from callbacks.update_recorder import RowEvent, UpdateRecorder
-from callbacks.utils.causal import CausalTestCallback
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
-from callbacks.utils.protocols import (
-    DirectionSource, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget, sequence_keys,
-)
-from callbacks.utils.row_analysis import GramWindow, RowAnalysis, WindowRow
-from callbacks.utils.schedule import RunSchedule, ScheduledCallback
-from callbacks.weight_decay_schedule import WeightDecaySchedule
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
-__all__ = [
-    # the public callbacks
-    "AblationCallback", "EdgeDecomposer", "FourierAttentionCallback", "GramSpectrum", "GrokDetector",
-    "InterruptCheckpoint", "PerturbationCallback", "ProbeCallback", "RNGStates", "UpdateRecorder", "WeightDecaySchedule",
-    # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
-    "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
-    "DirectionSource", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
-    # errors
-    "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
-]
+REAL = "lit_grok.callbacks"
+
+
+class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves ``callbacks.X`` to the module ``lit_grok.callbacks.X`` itself, so no module loads twice."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.startswith(__name__ + "."):
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module(REAL + spec.name[len(__name__) :])
+
+    def exec_module(self, module):
+        pass
+
+
+if not any(isinstance(f, _Alias) for f in sys.meta_path):
+    sys.meta_path.insert(0, _Alias())
+sys.modules[__name__] = importlib.import_module(REAL)

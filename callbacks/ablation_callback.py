@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.ablation import (
+from .functional.ablation import (
     norm_matched_removal,
     paired_counts,
     paired_interval,
@@ -22,11 +22,11 @@ from callbacks.functional.ablation import (
     random_subspace,
     ratio_interval,
 )
-from callbacks.utils.causal import CausalTestCallback, check_direction_sets
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
-from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
-from callbacks.utils.param_selection import split_like
-from callbacks.utils.results import unavailable
+from .utils.causal import CausalTestCallback, check_direction_sets
+from .utils.errors import ConfigurationError, DirectionUnavailable
+from .utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from .utils.param_selection import split_like
+from .utils.results import unavailable
 
 CONTROLS = ("random", "random_norm", "radial", "theta_hat")
 NAN_INTERVAL = [math.nan, math.nan]
@@ -75,7 +75,7 @@ class AblationCallback(CausalTestCallback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import AblationCallback, GramSpectrum, GrokDetector, UpdateRecorder
+        from lit_grok.callbacks import AblationCallback, GramSpectrum, GrokDetector, UpdateRecorder
 
         ablation = AblationCallback(steps=[500], after_grok=[0, 800], sets={"edge": [1, 2], "bulk": [3, 4]})
         trainer = Trainer(callbacks=[GrokDetector(), UpdateRecorder(interval=100), GramSpectrum(), ablation])

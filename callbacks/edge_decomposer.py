@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from callbacks.functional.edge_decomposer import append_cross, decompose
-from callbacks.functional.gram_spectrum import usable_modes
-from callbacks.update_recorder import RowEvent
-from callbacks.utils.row_analysis import Products, RowAnalysis, WindowRow
+from .functional.edge_decomposer import append_cross, decompose
+from .functional.gram_spectrum import usable_modes
+from .update_recorder import RowEvent
+from .utils.row_analysis import Products, RowAnalysis, WindowRow, inner64
 
 
 class EdgeDecomposer(RowAnalysis):
@@ -28,7 +28,7 @@ class EdgeDecomposer(RowAnalysis):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+        from lit_grok.callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 
         decomposer = EdgeDecomposer(top_k=3)
         trainer = Trainer(callbacks=[UpdateRecorder(interval=100, window=5), GramSpectrum(), decomposer])
@@ -42,7 +42,10 @@ class EdgeDecomposer(RowAnalysis):
     @override
     def row_products(self, event: RowEvent) -> Products:
         x, d = event.total, event.wd
-        return {"ring_x_wd": event.ring_total @ d, "ring_wd_x": event.ring_wd @ x, "wd_x": d @ x, "wd_wd": d @ d}
+        return {
+            "ring_x_wd": inner64(event.ring_total, d), "ring_wd_x": inner64(event.ring_wd, x),
+            "wd_x": inner64(d, x), "wd_wd": inner64(d, d),
+        }
 
     @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:

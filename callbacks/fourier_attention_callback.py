@@ -15,23 +15,23 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.fourier_attention import (
+from .functional.fourier_attention import (
     grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
     positional_power, recent_score, summarize_spectrum, uniform_causal_entropy,
 )
-from callbacks.functional.probe import run_probes
-from callbacks.update_recorder import UpdateRecorder
-from callbacks.utils.causal import SPECTRUM_HINT, check_directions
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable, bad_input_is_configuration
-from callbacks.utils.evaluation import eval_mode, evaluation_batches, perturbed, require_evaluable
-from callbacks.utils.hidden_states import (
+from .functional.probe import run_probes
+from .update_recorder import UpdateRecorder
+from .utils.causal import SPECTRUM_HINT, check_directions
+from .utils.errors import ConfigurationError, DirectionUnavailable, bad_input_is_configuration
+from .utils.evaluation import eval_mode, evaluation_batches, perturbed, require_evaluable
+from .utils.hidden_states import (
     attention_modules, captured_sequences, module_aliases, require_target, resolve_modules,
 )
-from callbacks.utils.param_selection import split_like
-from callbacks.utils.protocols import DirectionSource, ProbeableModule, ProbeTarget
-from callbacks.utils.results import unavailable, write_results
-from callbacks.utils.schedule import ScheduledCallback
-from callbacks.utils.trainer import find, log_scalars
+from .utils.param_selection import split_like
+from .utils.protocols import DirectionSource, ProbeableModule, ProbeTarget
+from .utils.results import unavailable, write_results
+from .utils.schedule import ScheduledCallback
+from .utils.trainer import find, log_scalars
 
 
 def check_aligned(mask: Tensor, shape: torch.Size, alias: str, target: str) -> None:
@@ -84,7 +84,7 @@ class FourierAttentionCallback(ScheduledCallback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import FourierAttentionCallback, GramSpectrum, UpdateRecorder
+        from lit_grok.callbacks import FourierAttentionCallback, GramSpectrum, UpdateRecorder
 
         fourier = FourierAttentionCallback(modules={"layer_1": "encoder.layers.1"}, mask_target="depth", steps=[500],
                                            response_module="ln_f", response_target="depth")

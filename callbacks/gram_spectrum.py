@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.gram_spectrum import (
+from .functional.gram_spectrum import (
     EPS,
     edge_statistics,
     mode_overlaps,
@@ -23,11 +23,11 @@ from callbacks.functional.gram_spectrum import (
     usable_modes,
     window_spectrum,
 )
-from callbacks.update_recorder import RowEvent
-from callbacks.utils.errors import DirectionUnavailable
-from callbacks.utils.protocols import DirectionSource
-from callbacks.utils.row_analysis import Products, RowAnalysis, WindowRow
-from callbacks.utils.trainer import find
+from .update_recorder import RowEvent
+from .utils.errors import DirectionUnavailable
+from .utils.protocols import DirectionSource
+from .utils.row_analysis import Products, RowAnalysis, WindowRow, inner64
+from .utils.trainer import find
 
 
 class GramSpectrum(RowAnalysis, DirectionSource):
@@ -41,7 +41,7 @@ class GramSpectrum(RowAnalysis, DirectionSource):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import GramSpectrum, UpdateRecorder
+        from lit_grok.callbacks import GramSpectrum, UpdateRecorder
 
         spectrum = GramSpectrum(top_k=3)
         trainer = Trainer(callbacks=[UpdateRecorder(interval=100, window=5), spectrum])
@@ -60,8 +60,11 @@ class GramSpectrum(RowAnalysis, DirectionSource):
     @override
     def row_products(self, event: RowEvent) -> Products:
         x = event.total
-        theta = self._recorder.flat_params().to(x.dtype)
-        return {"ring_theta": event.ring_total @ theta, "x_theta": x @ theta, "theta_theta": theta @ theta}
+        theta = self._recorder.flat_params()
+        return {
+            "ring_theta": inner64(event.ring_total, theta), "x_theta": inner64(x, theta),
+            "theta_theta": inner64(theta, theta),
+        }
 
     @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:

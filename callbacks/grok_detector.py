@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.protocols import GrokStepSource
-from callbacks.utils.trainer import find
+from .utils.errors import ConfigurationError
+from .utils.protocols import GrokStepSource
+from .utils.trainer import find
 
 
 class GrokDetector(Callback, GrokStepSource):
@@ -26,7 +26,7 @@ class GrokDetector(Callback, GrokStepSource):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import GrokDetector
+        from lit_grok.callbacks import GrokDetector
 
         detector = GrokDetector(monitor="val/acc", threshold=0.95)
         trainer = Trainer(callbacks=[detector], val_check_interval=100)

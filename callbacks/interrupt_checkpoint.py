@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from callbacks.utils.errors import RunInterrupted
+from .utils.errors import RunInterrupted
 
 SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
@@ -38,7 +38,7 @@ class InterruptCheckpoint(Checkpoint):
 
         from lightning.pytorch import Trainer
         from lightning.pytorch.callbacks import ModelCheckpoint
-        from callbacks import InterruptCheckpoint
+        from lit_grok.callbacks import InterruptCheckpoint
 
         trainer = Trainer(callbacks=[ModelCheckpoint(save_top_k=0, save_last=True), InterruptCheckpoint()],
                           max_steps=10_000, val_check_interval=100)

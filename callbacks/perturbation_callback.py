@@ -13,15 +13,15 @@ import numpy as np
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.ablation import random_subspace
-from callbacks.functional.perturbation import (
+from .functional.ablation import random_subspace
+from .functional.perturbation import (
     exact_curvatures, kl_divergence, second_difference,
 )
-from callbacks.utils.causal import CausalTestCallback, check_directions
-from callbacks.utils.errors import ConfigurationError, DirectionUnavailable
-from callbacks.utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
-from callbacks.utils.param_selection import split_like
-from callbacks.utils.results import unavailable
+from .utils.causal import CausalTestCallback, check_directions
+from .utils.errors import ConfigurationError, DirectionUnavailable
+from .utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from .utils.param_selection import split_like
+from .utils.results import unavailable
 
 REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (docs/methods.md §6.1)
 
@@ -60,7 +60,7 @@ class PerturbationCallback(CausalTestCallback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import GramSpectrum, PerturbationCallback, UpdateRecorder
+        from lit_grok.callbacks import GramSpectrum, PerturbationCallback, UpdateRecorder
 
         perturbation = PerturbationCallback(steps=[500, 1400], directions=[1, 2, 3, 4], n_random=4)
         trainer = Trainer(callbacks=[UpdateRecorder(interval=100), GramSpectrum(), perturbation])

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from typing_extensions import override
 
-from callbacks.functional.probe import PROBE_KINDS, run_probes, token_samples
-from callbacks.utils.errors import ConfigurationError, bad_input_is_configuration
-from callbacks.utils.evaluation import eval_mode, evaluation_batches, require_evaluable
-from callbacks.utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
-from callbacks.utils.protocols import ProbeableModule
-from callbacks.utils.results import write_results
-from callbacks.utils.schedule import ScheduledCallback
-from callbacks.utils.trainer import log_scalars
+from .functional.probe import PROBE_KINDS, run_probes, token_samples
+from .utils.errors import ConfigurationError, bad_input_is_configuration
+from .utils.evaluation import eval_mode, evaluation_batches, require_evaluable
+from .utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
+from .utils.protocols import ProbeableModule
+from .utils.results import write_results
+from .utils.schedule import ScheduledCallback
+from .utils.trainer import log_scalars
 
 
 class ProbeCallback(ScheduledCallback):
@@ -52,7 +52,7 @@ class ProbeCallback(ScheduledCallback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import ProbeCallback
+        from lit_grok.callbacks import ProbeCallback
 
         probe = ProbeCallback(modules={"layer_1": "encoder.layers.1"}, target="depth", steps=[200, 600, 2000])
         trainer = Trainer(callbacks=[probe])

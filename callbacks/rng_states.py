@@ -25,7 +25,7 @@ class RNGStates(Callback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import RNGStates
+        from lit_grok.callbacks import RNGStates
 
         trainer = Trainer(callbacks=[RNGStates()], max_steps=10)
     """

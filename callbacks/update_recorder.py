@@ -7,7 +7,7 @@ applied, from the lr / ω of its live param groups), sums ``interval`` steps int
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
@@ -16,15 +16,13 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
-from torch.optim import SGD, Adam, Optimizer
+from torch.optim import Optimizer
 from typing_extensions import override
 
-from callbacks.utils.errors import ConfigurationError, NonFiniteError
-from callbacks.utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
-from callbacks.utils.trainer import find
-
-SUPPORTED_DECAY = "AdamW, Adam(decoupled_weight_decay=True) and SGD (coupled, any momentum/dampening/nesterov)"
-LOW_PRECISION = {torch.bfloat16: "bf16-true", torch.float16: "16-true"}  # parameter dtype -> Lightning precision
+from .utils.decay_rules import LOW_PRECISION, DecayRule, DecayStep, decay_rule
+from .utils.errors import ConfigurationError, NonFiniteError
+from .utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
+from .utils.trainer import find
 
 
 @dataclass
@@ -50,35 +48,29 @@ class _Track:
     total: Tensor
     wd: Tensor
     raw: Optional[Tensor]
-    shadow: Optional[Tensor]  # SGD: decay part of the momentum buffer
-    first_momentum: bool = False
-
-
-def _decay_kind(optimizer: Optimizer, group: dict) -> str:
-    if isinstance(optimizer, Adam) and group.get("decoupled_weight_decay", False):
-        return "decoupled"
-    if isinstance(optimizer, SGD):
-        return "sgd"
-    return "unsupported"
+    cut: slice  # where the parameter sits in the flat buffers
+    shadow: Optional[Tensor]  # the decay rule's buffer (e.g. the decay part of SGD's momentum buffer)
+    before: dict = field(default_factory=dict)  # what the decay rule kept from the state before the step
 
 
 def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Optional[str]:
     """Why the decay part of this group's steps on ``dtype`` parameters cannot be split exactly (None: it can)."""
     wd, name = group.get("weight_decay", 0), type(optimizer).__name__
-    if wd == 0:
-        return None
-    kind = _decay_kind(optimizer, group)
-    if kind == "unsupported":
+    rule = decay_rule(optimizer)
+    if rule is None:
+        if wd == 0:
+            return None
         return (
-            f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): "
-            f"supported are {SUPPORTED_DECAY}; otherwise use weight_decay=0"
+            f"UpdateRecorder cannot split the weight decay of {name}(weight_decay={wd}): {name} has no decay rule; "
+            f"register one with lit_grok.callbacks.register_decay_rule({name}, DecayRule(...)) (see UpdateRecorder), "
+            "or use weight_decay=0"
         )
-    if dtype not in LOW_PRECISION:
+    if not rule.active(group) or dtype not in LOW_PRECISION:
         return None
     where = f"{str(dtype).removeprefix('torch.')} parameters (precision={LOW_PRECISION[dtype]!r})"
-    if kind == "sgd":  # d_p = g + ωθ is rounded (and enters the momentum buffer) before anything is observable
+    if rule.coupled(group):  # g + ωθ is rounded (and enters the optimizer's state) before anything is observable
         return (
-            f"UpdateRecorder cannot measure the weight decay SGD(weight_decay={wd}) on {where} applies: it is "
+            f"UpdateRecorder cannot measure the weight decay {name}(weight_decay={wd}) on {where} applies: it is "
             "rounded together with the gradient; use fp32 parameters (e.g. precision='bf16-mixed'), AdamW, or "
             "weight_decay=0"
         )
@@ -90,12 +82,10 @@ def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Opt
     return None
 
 
-def _axpy(acc: Tensor, x: Tensor, coef: Any) -> None:
-    """acc += coef · x, with coef a float or a (possibly device) scalar tensor, without host sync."""
-    if isinstance(coef, Tensor):
-        acc.add_(x * coef)
-    else:
-        acc.add_(x, alpha=coef)
+def _needs_shadow(rule: DecayRule, group: dict) -> bool:
+    """The group's decay is on and its rule carries it through a buffer (allocated only then: plain Adam,
+    RMSprop... with ω = 0 cost nothing per step)."""
+    return rule.active(group) and rule.shadow(group)
 
 
 def _check_decay(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> None:
@@ -122,22 +112,43 @@ class UpdateRecorder(Callback):
         keep_raw_grad: also sum the gradients the optimizer saw (after clipping / unscaling).
         sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
 
-    With SGD momentum, attach before the first step (or resume from a checkpoint holding this callback):
-    the decay part of a momentum buffer that predates the recorder is unknown and taken as zero.
+    The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``,
+    docs/methods.md §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is
+    carried through a shadow of the optimizer's momentum / first moment and divided by the optimizer's own
+    denominator (read from its state after the step), so the split is exact given that denominator. Rules exist
+    for every torch optimizer with weight decay (AdamW, Adam, SGD, RMSprop, Adagrad, Adamax, NAdam, RAdam,
+    Adadelta, ASGD, Adafactor, Muon); any other optimizer with weight decay is refused until
+    ``register_decay_rule`` gives one.
+    With a rule that keeps a shadow (coupled decay through momentum), attach before the first step (or resume
+    from a checkpoint holding this callback): the decay part of a buffer that predates the recorder is taken as 0.
 
     Hyperparameters are read from the optimizer's param groups at every step, so schedulers, a restored
     optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
-    (``precision="bf16-true"``) the decay part is the rounded decay AdamW applied (zero when θ·(1 − ηω)
-    rounds back to θ); SGD's coupled decay and fused AdamW cannot be measured there and are refused.
+    (``precision="bf16-true"``) the decay part is the rounded decay the optimizer applied (zero when
+    θ·(1 − ηω) rounds back to θ); coupled decay and fused AdamW cannot be measured there and are refused.
 
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
+        from lit_grok.callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 
         recorder = UpdateRecorder(params="attn_weights", interval=100, window=5)  # a row = 100 summed updates
         trainer = Trainer(callbacks=[recorder, GramSpectrum(top_k=5), EdgeDecomposer(top_k=5)])
         # after trainer.fit(model): recorder.window_rows() -> (X_total, X_wd), each [w, P]
+
+    A rule for an optimizer of your own, e.g. one that steps θ ← θ(1 − ηω) − η·sign(g)::
+
+        import torch
+        from lit_grok.callbacks import DecayRule, register_decay_rule
+        from lit_grok.callbacks.utils.decay_rules import decoupled
+
+        class SignSGD(torch.optim.Optimizer):
+            def step(self, closure=None): ...  # θ.mul_(1 − lr·ω).add_(sign(g), alpha=−lr) per parameter
+
+        register_decay_rule(SignSGD, DecayRule(
+            decay=lambda step: decoupled(step, step.group["lr"] * step.group["weight_decay"]),  # −ηωθ_{s−1}
+            coupled=lambda group: False,  # applied to θ, not through the gradient
+        ))
     """
 
     def __init__(
@@ -233,7 +244,10 @@ class UpdateRecorder(Callback):
         if self._selection is None or (self._selection.names, self._selection.numel) != (selection.names, selection.numel):
             self._allocate(selection)
         self._selection = selection
-        self._make_tracks(groups, momentum=isinstance(optimizer, SGD))
+        self._make_tracks(groups)
+        rule = decay_rule(optimizer)
+        if rule is not None and any(_needs_shadow(rule, optimizer.param_groups[i]) for i in groups):
+            self._ensure_shadow()
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
             self._pending_state = None
@@ -276,9 +290,14 @@ class UpdateRecorder(Callback):
         self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
 
-    def _make_tracks(self, groups: list[int], momentum: bool) -> None:
-        if momentum and self._shadow is None:
+    def _ensure_shadow(self) -> None:
+        """Allocate the decay rule's shadow [P] (zeros: no decay has entered the optimizer's buffers yet)."""
+        if self._shadow is None:
             self._shadow = torch.zeros_like(self._prev)
+        for t in self._tracks:
+            t.shadow = self._shadow[t.cut]
+
+    def _make_tracks(self, groups: list[int]) -> None:
         self._tracks = []
         for block, p, group_index in zip(self.selection.blocks, self.selection.params, groups):
             cut = slice(block.offset, block.offset + block.numel)
@@ -287,11 +306,12 @@ class UpdateRecorder(Callback):
                     name=block.name,
                     param=p,
                     group=group_index,
+                    cut=cut,
                     prev=self._prev[cut],
                     total=self._acc_total[cut],
                     wd=self._acc_wd[cut],
                     raw=self._acc_raw[cut] if self._acc_raw is not None else None,
-                    shadow=self._shadow[cut] if momentum else None,
+                    shadow=self._shadow[cut] if self._shadow is not None else None,
                 )
             )
 
@@ -300,8 +320,10 @@ class UpdateRecorder(Callback):
     def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         for t in self._tracks:
             t.prev.copy_(local_tensor(t.param).reshape(-1))
-            if t.shadow is not None:
-                t.first_momentum = optimizer.state.get(t.param, {}).get("momentum_buffer") is None
+        rule = decay_rule(optimizer)
+        if rule is not None:
+            for t in self._tracks:
+                t.before = rule.before(optimizer.state.get(t.param, {}))
 
     @torch.no_grad()
     def _post_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
@@ -319,34 +341,17 @@ class UpdateRecorder(Callback):
             self._complete_row()
 
     def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
-        """Add this step's decay part Δwd_s (from θ_{s−1} = t.prev and the live group's lr, ω now) to t.wd.
-
-        Parameters stored in bf16 / fp16 get the decay the optimizer applied, its rounded θ·(1 − ηω) − θ.
-        """
+        """Add this step's decay part Δwd_s (the optimizer's decay rule, from θ_{s−1} = t.prev, the live group and
+        the optimizer's state after the step) to t.wd."""
         group = optimizer.param_groups[t.group]
-        lr, wd = group["lr"], group.get("weight_decay", 0)
         _check_decay(optimizer, group, t.param.dtype)  # ω may have been switched on since attach
-        kind = _decay_kind(optimizer, group)
-        if kind == "sgd" and group["momentum"] != 0:
-            mu, damp = group["momentum"], group["dampening"]
-            if t.first_momentum:  # torch initialises the buffer to the raw d_p, without dampening
-                t.shadow.copy_(t.prev).mul_(wd)
-            else:
-                t.shadow.mul_(mu)
-                _axpy(t.shadow, t.prev, (1 - damp) * wd)
-            if group["nesterov"]:
-                _axpy(t.wd, t.prev, -lr * wd)
-                _axpy(t.wd, t.shadow, -lr * mu)
-            else:
-                _axpy(t.wd, t.shadow, -lr)
+        rule = decay_rule(optimizer)
+        if rule is None or not (rule.active(group) or t.shadow is not None):  # a shadow decays on after ω → 0
             return
-        if wd == 0:
-            return
-        if t.param.dtype in LOW_PRECISION:  # torch's Adam: param.mul_(1 - lr * weight_decay), in the param's dtype
-            applied = t.prev.to(t.param.dtype).mul_(1 - lr * wd)  # [numel]
-            t.wd.add_(applied.to(t.wd.dtype).sub_(t.prev))  # the difference of two nearby bf16 values is exact
-        else:
-            _axpy(t.wd, t.prev, -lr * wd)
+        if t.shadow is None and _needs_shadow(rule, group):  # ω switched on after attach: no decay entered before
+            self._ensure_shadow()
+        state = optimizer.state.get(t.param, {})
+        t.wd.add_(rule.decay(DecayStep(group, state, t.before, t.prev, t.shadow, t.param.dtype)))
 
     # ---------------------------------------------------------------- row completion (one sync per row)
     def _complete_row(self) -> None:
@@ -456,6 +461,8 @@ class UpdateRecorder(Callback):
         self._ring_wd[order] = state["rows_wd"].to(self._ring_wd)
         if self._ring_raw is not None and state["rows_raw"] is not None:
             self._ring_raw[order] = state["rows_raw"].to(self._ring_raw)
+        if state["shadow"] is not None:
+            self._ensure_shadow()
         for name in ("acc_total", "acc_wd", "acc_raw", "shadow"):
             buf = getattr(self, "_" + name)
             if buf is not None and state[name] is not None:

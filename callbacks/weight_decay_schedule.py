@@ -10,9 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.schedule import ScheduledCallback
-from callbacks.utils.trainer import log_scalars
+from .utils.errors import ConfigurationError
+from .utils.schedule import ScheduledCallback
+from .utils.trainer import log_scalars
 
 
 class WeightDecaySchedule(ScheduledCallback):
@@ -31,7 +31,7 @@ class WeightDecaySchedule(ScheduledCallback):
     Example::
 
         from lightning.pytorch import Trainer
-        from callbacks import WeightDecaySchedule
+        from lit_grok.callbacks import WeightDecaySchedule
 
         # weight decay 0 from optimizer step 1001 on, in every param group
         trainer = Trainer(callbacks=[WeightDecaySchedule({1000: 0.0})])

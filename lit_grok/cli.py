@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
-from callbacks import ConfigurationError, LitGrokError
+from lit_grok.callbacks import ConfigurationError, LitGrokError
 
 CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.ARG VALUE sets one argument
     "grok", "recorder", "spectrum", "decomposer", "ablation", "perturbation", "probes", "probes_raw", "fourier",

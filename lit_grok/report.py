@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks import ConfigurationError
+from lit_grok.callbacks import ConfigurationError
 
 PANELS = (
     ("task accuracy", ("val/acc", "val/seq_acc", "val/greedy_acc", "train_eval/acc")),

@@ -15,8 +15,13 @@ from lightning.pytorch.callbacks import Callback
 
 import callbacks
 
-ROOT = Path(callbacks.__file__).parent
+ROOT = Path(callbacks.__path__[0])  # the callbacks/ folder (the package is lit_grok.callbacks, also named callbacks)
 RECORDER = "callbacks.update_recorder"
+
+
+def short(module: str) -> str:
+    """A module's name under the short package name: lit_grok.callbacks.x -> callbacks.x."""
+    return module.removeprefix("lit_grok.")
 
 
 def module_name(path: Path) -> str:
@@ -35,9 +40,12 @@ def direct_imports(name: str) -> set[str]:
     for node in ast.walk(ast.parse(MODULES[name].read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in MODULES)
+        elif isinstance(node, ast.ImportFrom):
+            package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package  # relative imports
+            module = node.module if node.level == 0 else ".".join(filter(None, [base, node.module]))
+            out.add(module)
+            out.update(f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in MODULES)
     return out
 
 
@@ -58,7 +66,7 @@ def test_top_level_holds_only_public_callbacks_named_after_their_class():
     for name in TOP:
         module = importlib.import_module(name)
         classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-                   if c.__module__ == name and issubclass(c, Callback) and not inspect.isabstract(c)]
+                   if short(c.__module__) == name and issubclass(c, Callback) and not inspect.isabstract(c)]
         assert len(classes) == 1, f"{name} defines {classes}: one public callback per file"
         snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", classes[0].__name__).lower()
         assert name.rsplit(".", 1)[1] == snake, f"{name} holds {classes[0].__name__}: name the file {snake}.py"
@@ -104,7 +112,7 @@ def test_sections_cited_are_those_of_docs_methods():
 
 PUBLIC = sorted(name for name in callbacks.__all__
                 if inspect.isclass(getattr(callbacks, name)) and issubclass(getattr(callbacks, name), Callback)
-                and getattr(callbacks, name).__module__ in TOP)
+                and short(getattr(callbacks, name).__module__) in TOP)
 
 
 def example_of(cls: type) -> str:

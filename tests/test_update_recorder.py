@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import ConfigurationError, NonFiniteError, UpdateRecorder
+from callbacks import ConfigurationError, DecayRule, NonFiniteError, UpdateRecorder, register_decay_rule
+from callbacks.utils.decay_rules import _RULES, decoupled
 from callbacks.utils.param_selection import normalize_name, select_parameters
 from oracle import ADAMW, TinyAttention, attention_names, clipped_grads, decay_per_step, flat, make_loader, rows_of
 from oracle import run_fit
@@ -226,18 +227,38 @@ def test_bad_arguments(kwargs, error, match):
         UpdateRecorder(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "make_opt,match",
-    [
-        (lambda ps: torch.optim.RMSprop(ps, weight_decay=0.1), r"cannot split the weight decay of RMSprop\(weight_decay=0.1"),
-        (lambda ps: torch.optim.Adam(ps, weight_decay=0.1), r"of Adam\(weight_decay=0.1\): supported are AdamW"),
-    ],
-)
-def test_unsupported_decay(make_opt, match):
+class _SignSGD(torch.optim.Optimizer):
+    """An optimizer torch does not ship: θ ← θ(1 − ηω) − η sign(g)."""
+
+    def __init__(self, params, lr=0.01, weight_decay=0.0):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.mul_(1 - group["lr"] * group["weight_decay"]).add_(p.grad.sign(), alpha=-group["lr"])
+
+
+def test_optimizer_without_rule_is_refused_until_registered():
     model = TinyAttention(ADAMW)
-    with pytest.raises(ValueError, match=match):
-        UpdateRecorder().attach(model, [make_opt(model.parameters())])
-    UpdateRecorder().attach(model, [torch.optim.RMSprop(model.parameters())])  # no decay: any optimizer
+    match = r"cannot split the weight decay of _SignSGD\(weight_decay=0.1\): _SignSGD has no decay rule; register"
+    with pytest.raises(ConfigurationError, match=match):
+        UpdateRecorder().attach(model, [_SignSGD(model.parameters(), weight_decay=0.1)])
+    UpdateRecorder().attach(model, [torch.optim.Rprop(model.parameters())])  # no decay: any optimizer
+    rule = DecayRule(lambda step: decoupled(step, step.group["lr"] * step.group["weight_decay"]), coupled=lambda g: False)
+    register_decay_rule(_SignSGD, rule)
+    try:
+        opt = _SignSGD(model.parameters(), lr=0.03, weight_decay=0.7)
+        rec = UpdateRecorder(interval=2, window=3)
+        rec.attach(model, [opt])
+        thetas = _plain_steps(model, opt, 6)
+        total, wd = rec.window_rows()
+        np.testing.assert_allclose(total.numpy(), rows_of(np.diff(thetas, axis=0), 2), rtol=1e-10, atol=1e-15)
+        np.testing.assert_allclose(wd.numpy(), rows_of(-0.03 * 0.7 * thetas[:-1], 2), rtol=1e-10, atol=1e-15)
+    finally:
+        _RULES.pop(_SignSGD)
 
 
 def test_selection_errors():

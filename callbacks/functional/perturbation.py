@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from callbacks.utils.protocols import EvaluableModule
+from ..utils.protocols import EvaluableModule
 
 
 def kl_divergence(log_p: Tensor, log_q: Tensor) -> float:

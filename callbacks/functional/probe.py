@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from torch import Tensor
 
-from callbacks.utils.protocols import ProbeTarget
+from ..utils.protocols import ProbeTarget
 
 PROBE_KINDS = ("linear", "quadratic", "mlp")
 

@@ -9,13 +9,13 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from callbacks.update_recorder import UpdateRecorder
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.evaluation import evaluation_batches, require_evaluable
-from callbacks.utils.protocols import DirectionSource
-from callbacks.utils.results import write_results
-from callbacks.utils.schedule import ScheduledCallback
-from callbacks.utils.trainer import find, log_scalars
+from ..update_recorder import UpdateRecorder
+from ..utils.errors import ConfigurationError
+from ..utils.evaluation import evaluation_batches, require_evaluable
+from ..utils.protocols import DirectionSource
+from ..utils.results import write_results
+from ..utils.schedule import ScheduledCallback
+from ..utils.trainer import find, log_scalars
 
 SPECTRUM_HINT = "add UpdateRecorder() and GramSpectrum() to them"
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.protocols import EvaluableModule
+from ..utils.errors import ConfigurationError
+from ..utils.protocols import EvaluableModule
 
 TASK_METRICS = ("token_acc", "seq_acc")
 

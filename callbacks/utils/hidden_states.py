@@ -13,8 +13,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from torch import Tensor, nn
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.protocols import ProbeTarget
+from ..utils.errors import ConfigurationError
+from ..utils.protocols import ProbeTarget
 
 
 def module_aliases(modules: list[str] | dict[str, str], who: str, allow_empty: bool = False) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from callbacks.utils.errors import ConfigurationError
+from ..utils.errors import ConfigurationError
 
 PRESETS = ("attn_weights", "all_matrices", "all")
 ParamSpec = Union[str, Sequence[str]]

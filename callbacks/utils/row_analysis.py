@@ -2,7 +2,7 @@
 
 The data path of a row, top to bottom in this file and the analysis's own: inside the optimizer hook
 (device work, no host sync) the ``GramWindow`` and each analysis take the inner products they need from the new
-row (``RowAnalysis.row_products``, named fields); later (host work, float64) ``GramWindow.process`` borders
+row (``RowAnalysis.row_products``, named fields, accumulated in float64 by ``inner64``); later (host work, float64) ``GramWindow.process`` borders
 G = X Xᵀ with the row, solves the window once and hands the resulting ``WindowRow`` to every analysis
 (``RowAnalysis.absorb`` turns it into scalars); ``publish`` labels them with trainer.global_step and logs them on
 rank zero, and keeps the latest values and an optional history.
@@ -25,12 +25,25 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from typing_extensions import override
 
-from callbacks.functional.gram_spectrum import append_gram, window_spectrum
-from callbacks.update_recorder import RowEvent, UpdateRecorder
-from callbacks.utils.errors import ConfigurationError
+from ..functional.gram_spectrum import append_gram, window_spectrum
+from ..update_recorder import RowEvent, UpdateRecorder
+from ..utils.errors import ConfigurationError
 
 LAYOUT_CATEGORY = "spectral edge"
 Products = dict[str, Tensor]
+
+
+CHUNK = 1 << 20  # entries of P per float64 block: bounds inner64's scratch to [.., CHUNK] float64
+
+
+def inner64(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b accumulated in float64, a [..., P] · b [P] -> [...] (float32 sums over P ≈ 10⁶ lose ~10⁻⁴ relative on
+    the small σ_k), over blocks of CHUNK entries so the float64 copies stay small."""
+    out = a.new_zeros(a.shape[:-1], dtype=torch.float64)
+    for start in range(0, a.shape[-1], CHUNK):
+        stop = start + CHUNK
+        out += a[..., start:stop].to(torch.float64) @ b[start:stop].to(torch.float64)
+    return out
 
 
 def reduce_products(recorder: UpdateRecorder, products: Products) -> Products:
@@ -92,7 +105,7 @@ class GramWindow:
     def _on_row(self, event: RowEvent) -> None:
         """Device work in the optimizer hook: the new row's inner products with the ring and itself."""
         x = event.total
-        products = {"ring_x": event.ring_total @ x, "xx": x @ x}
+        products = {"ring_x": inner64(event.ring_total, x), "xx": inner64(x, x)}
         self._pending.append((event.index, event.steps, reduce_products(self.recorder, products)))
 
     def process(self) -> None:

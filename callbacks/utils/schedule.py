@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from callbacks.utils.errors import ConfigurationError
-from callbacks.utils.protocols import GrokStepSource
-from callbacks.utils.trainer import find
+from ..utils.errors import ConfigurationError
+from ..utils.protocols import GrokStepSource
+from ..utils.trainer import find
 
 
 GROK_HINT = "add callbacks.GrokDetector(monitor=..., threshold=...) to them (grok offsets need the grok step)"

@@ -5,7 +5,7 @@ from typing import TypeVar
 
 import lightning.pytorch as pl
 
-from callbacks.utils.errors import ConfigurationError
+from ..utils.errors import ConfigurationError
 
 T = TypeVar("T")
 

@@ -2,7 +2,6 @@
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from lit_grok.cli import main

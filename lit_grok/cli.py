@@ -15,8 +15,8 @@ from typing import Any, Optional
 import jsonargparse
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 
 from lit_grok.callbacks import ConfigurationError, LitGrokError

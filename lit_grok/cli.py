@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         if ours is None:
             raise
         print(f"lit-grok: error: {ours}", file=sys.stderr)
-        sys.exit(getattr(ours, "exit_code", 2))
+        sys.exit(ours.exit_code)
 
 
 def our_error(exc: Optional[BaseException]) -> Optional[LitGrokError]:

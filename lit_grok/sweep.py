@@ -37,8 +37,13 @@ class Trial:
     overrides: tuple[str, ...]  # "--seed_everything=42", "--model.init_args.weight_decay=0.0", ...
     folder: Path  # OUT/<name>/version_0
 
+    @property
+    def resumable(self) -> bool:
+        """An earlier attempt left a checkpoint to continue from."""
+        return (self.folder / "checkpoints" / "last.ckpt").is_file()
+
     def command(self, configs: Sequence[str], extra: Sequence[str], out: Path) -> list[str]:
-        resume = ["--ckpt_path=last"] if (self.folder / "checkpoints" / "last.ckpt").is_file() else []
+        resume = ["--ckpt_path=last"] if self.resumable else []
         return [sys.executable, "-m", "lit_grok.cli", "fit", *(a for c in configs for a in ("--config", c)),
                 *self.overrides, *extra, f"--trainer.logger.init_args.save_dir={out}",
                 f"--trainer.logger.init_args.name={self.name}", "--trainer.logger.init_args.version=0",
@@ -104,7 +109,7 @@ def sweep(configs: Sequence[str], trials: Sequence[Trial], extra: Sequence[str],
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_trial)
     pending = {}
     for t in todo:
-        resumed = " (resuming from its last checkpoint)" if (t.folder / "checkpoints" / "last.ckpt").is_file() else ""
+        resumed = " (resuming from its last checkpoint)" if t.resumable else ""
         pending[task.remote(t.command(configs, extra, out), str(t.folder), timeout)] = t
         print(f"[start] {t.name}{resumed}", flush=True)
     results = []

@@ -11,6 +11,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 class LitGrokError(Exception):
     """Base of the errors the CLI reports in one line: bad input or settings, never a defect of the code."""
 
+    exit_code = 2  # the command's exit status, as argparse's for a usage error
+
 
 class ConfigurationError(LitGrokError, MisconfigurationException, ValueError):
     """A setting, argument or input file that cannot work (a ``ValueError`` and Lightning's

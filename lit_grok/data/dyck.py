@@ -1,7 +1,7 @@
 """Dyck-1 depth prediction (docs/methods.md §1.1): balanced bracket strings labelled with the stack depth after each token.
 
 The generator keeps the reference's exact RNG call pattern, so the 5050 sequences and the 50 / 5000
-split are the published ones bit for bit; training batches come from the global torch RNG.
+split are the published ones bit for bit; training batches continue the global torch RNG (lit_grok.data.sampling).
 """
 from __future__ import annotations
 

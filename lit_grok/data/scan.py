@@ -129,7 +129,7 @@ class ScanDataModule(TrainBatchesDataModule):
         data_dir: directory of official ``tasks_*.txt`` files (flat, or a SCAN clone); None generates them.
         n_train: size of the training subset: the first ``n_train`` of ``random.Random(0)``'s shuffle.
         n_test_eval: size of the test-eval subset: ``torch.randperm`` seeded 0, first ``n_test_eval``.
-        batch_size: training batch size (indices drawn with replacement from the global torch RNG).
+        batch_size: training batch size (indices drawn with replacement, continuing the global torch RNG).
         eval_batch_size: batch size of the validation and test loaders.
         split_seed: seed of the generated ``simple`` split; ignored with ``data_dir``.
     """

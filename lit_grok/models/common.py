@@ -11,7 +11,6 @@ from callbacks import ConfigurationError, NonFiniteError
 from lit_grok.data.common import IGNORE
 
 
-
 class GrokModule(pl.LightningModule):
     """A LightningModule trained with one-group AdamW (betas 0.9/0.98), the reference optimizer.
 

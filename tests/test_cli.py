@@ -11,6 +11,7 @@ CONFIG_DIR = Path(__file__).parents[1] / "configs"
 # Each shipped experiment: its base config, then the overrides (as the README runs them)
 EXPERIMENTS = {
     "dyck": ["dyck"], "dyck_nowd": ["dyck", "dyck_nowd"], "dyck_causal": ["dyck", "dyck_causal"],
+    "dyck_causal_memo": ["dyck", "dyck_causal", "dyck_causal_memo"],
     "dyck_wd_after1000": ["dyck", "dyck_wd_after1000"],
     "scan": ["scan"], "scan_nowd": ["scan", "scan_nowd"], "scan_causal": ["scan", "scan_causal"],
 }

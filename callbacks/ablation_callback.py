@@ -24,7 +24,7 @@ from .functional.ablation import (
 )
 from .utils.causal import CausalTestCallback, check_direction_sets
 from .utils.errors import ConfigurationError, DirectionUnavailable
-from .utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.param_selection import split_like
 from .utils.results import unavailable
 
@@ -123,11 +123,12 @@ class AblationCallback(CausalTestCallback):
         params = recorder.selection.params
         theta = recorder.flat_params().double()  # [P]
         with eval_mode(pl_module):
-            base = evaluate(pl_module, batches, keep_outputs=True)
+            data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
+            base = evaluate(pl_module, data, keep_outputs=True)
 
             def measure(removal: Tensor) -> dict[str, Any]:
                 with perturbed(params, split_like(theta - removal, params)):
-                    changed = evaluate(pl_module, batches, keep_outputs=True)
+                    changed = evaluate(pl_module, data, keep_outputs=True)
                 return self._effect(base, changed, float(removal.norm()))
 
             sets = {}
@@ -160,7 +161,7 @@ class AblationCallback(CausalTestCallback):
         }
 
     def _effect(self, base: Evaluation, changed: Evaluation, removed_norm: float) -> dict[str, Any]:
-        counts = paired_counts(base.outcomes, changed.outcomes)
+        counts = paired_counts(base.outcomes, changed.outcomes, base.outcome_counts)
         return {
             "removed_norm": removed_norm,
             "loss": changed.loss,

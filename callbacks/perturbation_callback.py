@@ -19,7 +19,7 @@ from .functional.perturbation import (
 )
 from .utils.causal import CausalTestCallback, check_directions
 from .utils.errors import ConfigurationError, DirectionUnavailable
-from .utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.param_selection import split_like
 from .utils.results import unavailable
 
@@ -126,18 +126,19 @@ class PerturbationCallback(CausalTestCallback):
             found[name] = (random_subspace(1, theta.numel(), self.seed + t)[0].to(theta), {"seed": self.seed + t})
 
         with eval_mode(pl_module):
-            base = evaluate(pl_module, batches, keep_outputs=True)
+            data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
+            base = evaluate(pl_module, data, keep_outputs=True)
 
             def at(direction: Tensor, eps: float, keep_outputs: bool = True) -> Evaluation:
                 with perturbed(params, split_like(theta + eps * direction, params)):
-                    return evaluate(pl_module, batches, keep_outputs=keep_outputs)
+                    return evaluate(pl_module, data, keep_outputs=keep_outputs)
 
             for name, (d, info) in found.items():
                 curve = []
                 for e in self.eps:
                     ev = at(d, e * scale)
                     curve.append({"eps": e, "eps_abs": e * scale, "loss": ev.loss, "accuracy": ev.accuracy,
-                                  "kl": kl_divergence(base.log_probs, ev.log_probs)})
+                                  "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts)})
                 entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
                 if self.curvature:
                     plus, minus = at(d, fd_eps, False).loss, at(d, -fd_eps, False).loss
@@ -146,7 +147,7 @@ class PerturbationCallback(CausalTestCallback):
                 entries[name] = entry
             if self.curvature:
                 pieces = [split_like(d, params) for d, _ in found.values()]
-                hvps = exact_curvatures(pl_module, batches, params, pieces, base.token_total)
+                hvps = exact_curvatures(pl_module, data.batches, params, pieces, base.token_total, data.row_counts)
                 for name, h in zip(found, hvps):
                     entries[name]["hvp"] = h
         return {

@@ -60,13 +60,15 @@ class PairedCounts:
         return (self.gained - self.lost) / self.n
 
 
-def paired_counts(base: Tensor, changed: Tensor) -> PairedCounts:
-    """Count discordant pairs from per-trial hits ``base`` [n] and ``changed`` [n] (bool)."""
+def paired_counts(base: Tensor, changed: Tensor, counts: Tensor | None = None) -> PairedCounts:
+    """Count discordant pairs from per-trial hits ``base`` [n] and ``changed`` [n] (bool); ``counts`` [n] int64:
+    how many trials each entry stands for (None: one each)."""
     if base.shape != changed.shape:
         raise ValueError(f"paired outcomes need equal shapes, got {tuple(base.shape)} and {tuple(changed.shape)}")
-    lost = int((base & ~changed).sum())
-    gained = int((~base & changed).sum())
-    return PairedCounts(lost, gained, base.numel())
+    counts = torch.ones_like(base, dtype=torch.long) if counts is None else counts
+    lost = int(((base & ~changed) * counts).sum())
+    gained = int(((~base & changed) * counts).sum())
+    return PairedCounts(lost, gained, int(counts.sum()))
 
 
 def paired_interval(counts: PairedCounts, confidence: float) -> tuple[float, float]:

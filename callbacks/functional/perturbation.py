@@ -16,10 +16,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..utils.protocols import EvaluableModule
 
 
-def kl_divergence(log_p: Tensor, log_q: Tensor) -> float:
-    """Mean over rows of KL(p‖q) = Σ_c p_c (log p_c − log q_c), from exact log-probabilities [N, C]."""
+def kl_divergence(log_p: Tensor, log_q: Tensor, counts: Tensor | None = None) -> float:
+    """Mean over rows of KL(p‖q) = Σ_c p_c (log p_c − log q_c), from exact log-probabilities [N, C]; ``counts`` [N]:
+    how many rows each stands for (None: one each)."""
     log_p, log_q = log_p.double(), log_q.double()
-    return float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [N]
+    return float(kl.mean() if counts is None else (kl * counts).sum() / counts.sum())
 
 
 def second_difference(loss_plus: float, loss_minus: float, loss_zero: float, eps: float) -> float:
@@ -45,17 +47,21 @@ def hessian_quadratic_forms(loss: Tensor, params: Sequence[Tensor], directions: 
 
 
 def exact_curvatures(module: EvaluableModule, batches: list[Any], params: Sequence[Tensor],
-                     pieces: list[list[Tensor]], n_tokens: int) -> list[float]:
-    """vᵀHv of the token-mean evaluation loss for each direction v (pieces shaped like ``params``), summed batch
-    by batch.
+                     pieces: list[list[Tensor]], n_tokens: int, row_counts: list[Tensor] | None = None) -> list[float]:
+    """vᵀHv of the token-mean evaluation loss for each direction v (pieces shaped like ``params``), summed batch by
+    batch; ``row_counts`` (per batch [B] int64): how many rows each row stands for (None: one each).
 
     Uses the math attention kernel: the fused CPU/GPU kernels have no double backward.
     """
     total = np.zeros(len(pieces))
     with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-        for batch in batches:
-            logits, targets, _ = module.labelled_logits(batch)  # [N, C], [N]
+        for i, batch in enumerate(batches):
+            logits, targets, seq = module.labelled_logits(batch)  # [N, C], [N], [N]
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(logits, targets, reduction="sum") / n_tokens
+            if row_counts is None:
+                loss = F.cross_entropy(logits, targets, reduction="sum") / n_tokens
+            else:
+                counts = row_counts[i].to(seq.device)[seq].to(logits.dtype)  # [N]
+                loss = (F.cross_entropy(logits, targets, reduction="none") * counts).sum() / n_tokens
             total += hessian_quadratic_forms(loss, params, pieces)
     return total.tolist()

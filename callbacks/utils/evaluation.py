@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.errors import ConfigurationError
-from ..utils.protocols import EvaluableModule
+from ..utils.protocols import DistinctRowsModule, EvaluableModule
 
 TASK_METRICS = ("token_acc", "seq_acc")
 
@@ -72,8 +72,10 @@ class Evaluation:
     seq_correct: int
     seq_total: int
     task_metric: str
-    outcomes: Tensor | None = None  # [trials] bool, per-trial hit of the task metric (only with keep_outputs)
-    log_probs: Tensor | None = None  # [N, C] float64 log-softmax of every labelled token (only with keep_outputs)
+    outcomes: Tensor | None = None  # [K] bool, hit of the task metric per kept trial (only with keep_outputs)
+    log_probs: Tensor | None = None  # [N, C] float64 log-softmax of every kept labelled token (only with keep_outputs)
+    outcome_counts: Tensor | None = None  # [K] int64: trials each kept outcome stands for (distinct rows); None: 1 each
+    token_counts: Tensor | None = None  # [N] int64: the same for the rows of log_probs; None: 1 each
 
     @property
     def token_acc(self) -> float:
@@ -94,28 +96,58 @@ class Evaluation:
         return self.token_total if self.task_metric == "token_acc" else self.seq_total
 
 
+@dataclass
+class EvaluationSet:
+    """Batches to evaluate and, when the module folds duplicate rows, each row's count (None: one each)."""
+
+    batches: list[Any]
+    row_counts: list[Tensor] | None = None  # per batch [B] int64
+
+
+def evaluation_set(pl_module: pl.LightningModule, batches: list[Any]) -> EvaluationSet:
+    """Each distinct row once, counted as often as it occurs, when the module can say which rows repeat
+    (``DistinctRowsModule``); else the batches as they are. Both give the same counts and losses."""
+    if not isinstance(pl_module, DistinctRowsModule):
+        return EvaluationSet(list(batches))
+    pairs = pl_module.distinct_batches(batches)
+    return EvaluationSet([batch for batch, _ in pairs], [counts for _, counts in pairs])
+
+
 @torch.no_grad()
-def evaluate(pl_module: EvaluableModule, batches: Sequence[Any], keep_outputs: bool = False) -> Evaluation:
-    """``keep_outputs`` also keeps per-trial outcomes (paired intervals) and log-probabilities (KL)."""
+def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], keep_outputs: bool = False) -> Evaluation:
+    """Token and sequence counts and the token-mean loss, every row weighted by its count; ``keep_outputs`` also
+    keeps per-trial outcomes (paired intervals) and log-probabilities (KL) with their counts."""
+    data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
     loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
-    outcomes, log_probs = [], []
-    for batch in batches:
+    outcomes, log_probs, outcome_counts, token_counts = [], [], [], []
+    for i, batch in enumerate(data.batches):
         logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        hit = logits.argmax(-1) == targets
-        tok_ok += int(hit.sum())
-        tok_n += hit.numel()
         n_seq = int(seq.max()) + 1 if seq.numel() else 0
+        rows = (torch.ones(n_seq, dtype=torch.long, device=seq.device) if data.row_counts is None
+                else data.row_counts[i].to(seq.device)[:n_seq])  # [n_seq] copies of each row
+        counts = rows[seq]  # [N] copies of each token
+        if data.row_counts is None:
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+        else:
+            loss_sum += (F.cross_entropy(logits, targets, reduction="none").double() * counts).sum().item()
+        hit = logits.argmax(-1) == targets
+        tok_ok += int((hit * counts).sum())
+        tok_n += int(counts.sum())
         misses = torch.zeros(n_seq, dtype=torch.long, device=hit.device).index_add_(0, seq, (~hit).long())
-        seq_ok += int((misses == 0).sum())
-        seq_n += n_seq
+        seq_ok += int(((misses == 0) * rows).sum())
+        seq_n += int(rows.sum())
         if keep_outputs:
-            outcomes.append(hit if pl_module.task_metric == "token_acc" else misses == 0)
+            token_metric = pl_module.task_metric == "token_acc"
+            outcomes.append(hit if token_metric else misses == 0)
+            outcome_counts.append(counts if token_metric else rows)
             log_probs.append(F.log_softmax(logits.double(), dim=-1))
+            token_counts.append(counts)
     evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
     if keep_outputs:
         evaluation.outcomes, evaluation.log_probs = torch.cat(outcomes), torch.cat(log_probs)
+        if data.row_counts is not None:
+            evaluation.outcome_counts, evaluation.token_counts = torch.cat(outcome_counts), torch.cat(token_counts)
     return evaluation
 
 

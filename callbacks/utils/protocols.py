@@ -29,6 +29,17 @@ class EvaluableModule(Protocol):
         ...
 
 
+@runtime_checkable
+class DistinctRowsModule(Protocol):
+    """Optional, for speed: the analyses evaluate each distinct row once, counted as often as it occurs."""
+
+    def distinct_batches(self, batches: Sequence[Any]) -> list[tuple[Any, Tensor]]:
+        """(batch, row counts [B] int64) pairs whose ``labelled_logits`` give the labelled tokens of ``batches``,
+        each distinct row once with its number of copies (rows may be reordered or trimmed after their last label
+        where that leaves their logits unchanged)."""
+        ...
+
+
 @dataclass
 class ProbeTarget:
     """A per-token probe target aligned with a hidden state [B, T, D] of some module."""

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.data.common import IGNORE
+from lit_grok.data.sampling import first_copy_counts
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
@@ -109,6 +110,14 @@ class DyckTransformer(GrokModule):
     def labelled_logits(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch[:2]  # training (x, y) or evaluation (x, y, copies): every row, padded
         return labelled_positions(self(x), y)
+
+    def distinct_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
+        """The distinct rows of ``batches`` with their counts, longest first in chunks trimmed after their last label
+        (the causal model gives those positions the logits of the padded batch): what the analyses evaluate."""
+        x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))  # [N, T] each
+        copies = first_copy_counts(x, y)  # [N]
+        return [((x[rows, :T], y[rows, :T]), copies[rows])
+                for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (copies > 0).nonzero().squeeze(1))]
 
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]

@@ -37,6 +37,7 @@ class GramSpectrum(RowAnalysis, DirectionSource):
     Args:
         top_k: leading directions reported (at most the recorder's window).
         history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+        recorder: name of the UpdateRecorder to read (None: the trainer's only one); tags follow its name.
 
     Example::
 
@@ -48,8 +49,8 @@ class GramSpectrum(RowAnalysis, DirectionSource):
         # after trainer.fit(...): spectrum.latest["edge/sigma_1"], spectrum.directions([1, 2])
     """
 
-    def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
-        super().__init__(top_k, history_path)
+    def __init__(self, top_k: int = 5, history_path: str | None = None, recorder: str | None = None) -> None:
+        super().__init__(top_k, history_path, recorder)
 
     @staticmethod
     def find(trainer: "pl.Trainer") -> "GramSpectrum":

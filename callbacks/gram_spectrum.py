@@ -53,9 +53,12 @@ class GramSpectrum(RowAnalysis, DirectionSource):
         super().__init__(top_k, history_path, recorder)
 
     @staticmethod
-    def find(trainer: "pl.Trainer") -> "GramSpectrum":
-        """The trainer's one GramSpectrum (a ConfigurationError if it has none or several)."""
-        return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
+    def find(trainer: "pl.Trainer", recorder: str | None = None) -> "GramSpectrum":
+        """The trainer's one GramSpectrum (with ``recorder``: the one reading the UpdateRecorder of that name; a
+        ConfigurationError if there is none or several)."""
+        if recorder is None:
+            return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
+        return find(trainer, GramSpectrum, f"add GramSpectrum(recorder={recorder!r})", where=lambda cb: cb.recorder == recorder)
 
     # ---------------------------------------------------------------- per row
     @override

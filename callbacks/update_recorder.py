@@ -123,7 +123,8 @@ class UpdateRecorder(Callback):
             None: the one optimizer that trains every selected parameter.
         include_frozen: also select parameters frozen at fit start; they add exact zeros until they are unfrozen
             (e.g. by ``BaseFinetuning``), then their updates. Without it, unfreezing a parameter that ``params``
-            matches stops the fit with a ConfigurationError at that step: the row length P is fixed at fit start.
+            matches stops the fit with a ConfigurationError at that step: the row length P is fixed at fit start
+            (checked before every step of its optimizer; a plain loop calls ``follow_unfrozen()`` after unfreezing).
 
     Rows are labelled by ``trainer.global_step`` when the trainer has one optimizer; with several (manual
     optimization, e.g. a GAN's generator and discriminator) by this recorder's optimizer's own step count (its
@@ -296,7 +297,9 @@ class UpdateRecorder(Callback):
                     f"use an index below {len(optimizers)}"
                 )
             bound = {id(p) for g in optimizers[self.optimizer].param_groups for p in g["params"]}
-            keep = lambda p: id(p) in bound or (self.include_frozen and not p.requires_grad)  # noqa: E731
+            elsewhere = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]} - bound
+            # its optimizer's parameters, and (include_frozen) frozen ones no other optimizer holds
+            keep = lambda p: id(p) in bound or (self.include_frozen and not p.requires_grad and id(p) not in elsewhere)  # noqa: E731
         selection = select_parameters(module, self.params, self.include_frozen, keep)
         optimizer, groups = self._owner(selection, optimizers)
         self._optimizer = optimizer
@@ -356,9 +359,13 @@ class UpdateRecorder(Callback):
             owners = {0: optimizers[self.optimizer]}
         return next(iter(owners.values())), [where[id(p)][1] if id(p) in where else None for p in selection.params]
 
-    def _follow_unfrozen(self, optimizer: Optimizer) -> None:
-        """Before a step of the hooked optimizer: frozen selected parameters that joined it get their param
-        group; a matching parameter left out of the selection that was unfrozen stops the fit (P is fixed)."""
+    def follow_unfrozen(self) -> None:
+        """Before a step of the hooked optimizer (Lightning calls it; a plain loop calls it after unfreezing):
+        frozen selected parameters that joined the optimizer get their param group; a parameter ``params``
+        matches that was left out frozen and is now trainable stops the fit (the row length P is fixed)."""
+        optimizer = self._optimizer
+        if optimizer is None:
+            return
         for name, p in self._left_out:
             if p.requires_grad:
                 raise ConfigurationError(
@@ -515,7 +522,7 @@ class UpdateRecorder(Callback):
     def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
         """Follow frozen selected parameters into the optimizer once unfrozen; refuse an unselected one unfrozen."""
         if getattr(optimizer, "_optimizer", optimizer) is self._optimizer:
-            self._follow_unfrozen(self._optimizer)
+            self.follow_unfrozen()
 
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

@@ -159,3 +159,45 @@ def test_unnamed_recorder_keeps_its_key_and_tags():
         UpdateRecorder(name="a/b")
     with pytest.raises(ConfigurationError, match="index >= 0"):
         UpdateRecorder(optimizer=-1)
+
+
+# ---------------------------------------------------------------- causal analyses bound by name
+def _fit_causal(root, recorders, spectra, causal):
+    import tiny_attention_model as tiny
+
+    torch.manual_seed(0)
+    logger = tiny.MemoryLogger()
+    trainer = pl.Trainer(
+        max_steps=8, val_check_interval=4, check_val_every_n_epoch=None, num_sanity_val_steps=0, precision="64-true",
+        default_root_dir=str(root), logger=logger, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, callbacks=[*recorders, *spectra, *causal],
+    )
+    trainer.fit(tiny.TinyAttention())
+    return trainer, logger
+
+
+def test_causal_analyses_follow_their_recorder(tmp_path):
+    """An AblationCallback bound to recorder "mats" beside a second recorder gives what it gives alone; its tags
+    and JSON carry the name."""
+    import json
+
+    from callbacks import AblationCallback
+
+    ablate = dict(steps=[8], sets={"edge": [1, 2]}, n_trials=3)
+    alone = AblationCallback(**ablate)
+    _, solo_log = _fit_causal(
+        tmp_path / "alone", [UpdateRecorder(params="all_matrices", window=4)], [GramSpectrum(top_k=4)], [alone]
+    )
+    named = AblationCallback(**ablate, recorder="mats")
+    recorders = [UpdateRecorder(window=4, name="attn"), UpdateRecorder(params="all_matrices", window=4, name="mats")]
+    spectra = [GramSpectrum(top_k=4, recorder="attn"), GramSpectrum(top_k=4, recorder="mats")]
+    trainer, log = _fit_causal(tmp_path / "two", recorders, spectra, [named])
+    assert named._recorder is recorders[1] and named._spectrum is spectra[1]
+    assert named.state_key != alone.state_key
+    got = {k: v for _, m in log.logged for k, v in m.items() if k.startswith("ablation/")}
+    want = {k: v for _, m in solo_log.logged for k, v in m.items() if k.startswith("ablation/")}
+    assert want and got == {k.replace("ablation/", "ablation/mats/", 1): v for k, v in want.items()}
+    assert {k for _, m in log.logged for k in m} >= {"update/attn/norm_total", "update/mats/norm_total"}
+    assert spectra[0].latest["edge/attn/sigma_1"] != spectra[1].latest["edge/mats/sigma_1"]
+    with open(f"{trainer.log_dir or trainer.default_root_dir}/ablation_mats.json") as f:
+        assert json.load(f)["results"][0]["step"] == 8

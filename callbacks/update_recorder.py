@@ -289,27 +289,27 @@ class UpdateRecorder(Callback):
         """Select parameters of ``module``, allocate the buffers and hook the optimizer that trains them."""
         self.detach()
         optimizers = [getattr(o, "_optimizer", o) for o in optimizers]
+        if self.optimizer is not None and self.optimizer >= len(optimizers):
+            raise ConfigurationError(
+                f"UpdateRecorder(optimizer={self.optimizer}) but the trainer has {len(optimizers)} optimizer(s): "
+                f"use an index below {len(optimizers)}"
+            )
+        held = {id(p): k for k, o in enumerate(optimizers) for g in o.param_groups for p in g["params"]}
         keep = None
-        if self.optimizer is not None:
-            if self.optimizer >= len(optimizers):
-                raise ConfigurationError(
-                    f"UpdateRecorder(optimizer={self.optimizer}) but the trainer has {len(optimizers)} optimizer(s): "
-                    f"use an index below {len(optimizers)}"
-                )
-            bound = {id(p) for g in optimizers[self.optimizer].param_groups for p in g["params"]}
-            elsewhere = {id(p) for o in optimizers for g in o.param_groups for p in g["params"]} - bound
-            # its optimizer's parameters, and (include_frozen) frozen ones no other optimizer holds
-            keep = lambda p: id(p) in bound or (self.include_frozen and not p.requires_grad and id(p) not in elsewhere)  # noqa: E731
+        if self.optimizer is not None:  # its optimizer's parameters, and (include_frozen) frozen ones in none yet
+            keep = lambda p: held.get(id(p), -1) == self.optimizer or (  # noqa: E731
+                self.include_frozen and not p.requires_grad and id(p) not in held
+            )
         selection = select_parameters(module, self.params, self.include_frozen, keep)
         optimizer, groups = self._owner(selection, optimizers)
         self._optimizer = optimizer
         for p, i in zip(selection.params, groups):
             if i is not None:
                 _check_decay(optimizer, optimizer.param_groups[i], p.dtype)
-        others = {id(p) for o in optimizers if o is not optimizer for g in o.param_groups for p in g["params"]}
-        self._left_out = [  # frozen parameters that `params` matches and that may join this optimizer later
+        mine = next(k for k, o in enumerate(optimizers) if o is optimizer)
+        self._left_out = [  # frozen parameters `params` matches that are not selected and no other optimizer holds
             (n, p) for n, p in matching_parameters(module, self.params).items()
-            if not p.requires_grad and not self.include_frozen and id(p) not in others
+            if not p.requires_grad and not self.include_frozen and held.get(id(p), mine) == mine
         ]
         self._is_sharded = self.sharded if self.sharded is not None else any(
             hasattr(p, "to_local") for p in selection.params

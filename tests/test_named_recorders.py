@@ -201,3 +201,15 @@ def test_causal_analyses_follow_their_recorder(tmp_path):
     assert spectra[0].latest["edge/attn/sigma_1"] != spectra[1].latest["edge/mats/sigma_1"]
     with open(f"{trainer.log_dir or trainer.default_root_dir}/ablation_mats.json") as f:
         assert json.load(f)["results"][0]["step"] == 8
+
+
+def test_optimizer_index_selects_only_that_optimizers_parameters():
+    model = TinyGAN()
+    opts = model.configure_optimizers()
+    rec = UpdateRecorder(params="all", optimizer=1, name="D")
+    rec.attach(model, list(opts))
+    assert rec.selection.names == tuple(sorted(n for n, _ in model.named_parameters() if n.startswith("discriminator.")))
+    with pytest.raises(ConfigurationError, match="span several optimizers.*optimizer=<index>"):
+        UpdateRecorder(params="all").attach(model, list(opts))
+    with pytest.raises(ConfigurationError, match="has 2 optimizer.*below 2"):
+        UpdateRecorder(params="all", optimizer=2).attach(model, list(opts))

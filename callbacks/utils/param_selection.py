@@ -6,6 +6,7 @@ A selection is a preset or a list of glob patterns over parameter names; it keep
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
@@ -56,7 +57,8 @@ def check_spec(spec: ParamSpec) -> None:
         raise ConfigurationError(f"params must be a preset name {PRESETS} or a non-empty list of glob patterns, got {spec!r}")
 
 
-def _wrapper_edges() -> list[tuple[type, str]]:
+@functools.lru_cache(maxsize=None)
+def _wrapper_edges() -> tuple[tuple[type, str], ...]:
     """(wrapper class, attribute holding the wrapped module) of the wrappers torch and Lightning put around a module."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -82,7 +84,7 @@ def _wrapper_edges() -> list[tuple[type, str]]:
         edges += [(_FabricModule, "_forward_module"), (_FabricModule, "_original_module")]
     except ImportError:
         pass
-    return edges
+    return tuple(edges)
 
 
 def is_wrapper_edge(parent: nn.Module, child_name: str) -> bool:

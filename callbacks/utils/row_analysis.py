@@ -4,8 +4,9 @@ The data path of a row, top to bottom in this file and the analysis's own: insid
 (device work, no host sync) the ``GramWindow`` and each analysis take the inner products they need from the new
 row (``RowAnalysis.row_products``, named fields, accumulated in float64 by ``inner64``); later (host work, float64) ``GramWindow.process`` borders
 G = X Xᵀ with the row, solves the window once and hands the resulting ``WindowRow`` to every analysis
-(``RowAnalysis.absorb`` turns it into scalars); ``publish`` labels them with trainer.global_step and logs them on
-rank zero, and keeps the latest values and an optional history.
+(``RowAnalysis.absorb`` turns it into scalars, tagged with the recorder's name if it has one); ``publish``
+labels them with the recorder's step (``UpdateRecorder.step_label``: trainer.global_step with one optimizer) and
+logs them on rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 

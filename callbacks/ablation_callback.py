@@ -22,7 +22,7 @@ from .functional.ablation import (
     random_subspace,
     ratio_interval,
 )
-from .utils.causal import CausalTestCallback, check_direction_sets
+from .utils.causal import CausalTestCallback, check_direction_sets, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable
 from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.param_selection import split_like
@@ -70,7 +70,9 @@ class AblationCallback(CausalTestCallback):
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``
-            (``ablation_{i}.json`` for the i-th further AblationCallback of the trainer).
+            (``ablation_{i}.json`` for the i-th further AblationCallback of the trainer; ``ablation_<name>.json``
+            for a named recorder).
+        recorder: name of the UpdateRecorder whose directions are ablated (None: the trainer's only one).
 
     Example::
 
@@ -96,6 +98,7 @@ class AblationCallback(CausalTestCallback):
         dataloader_idx: int = 0,
         max_batches: int | None = None,
         json_path: str | None = None,
+        recorder: str | None = None,
     ) -> None:
         self.sets = check_direction_sets(sets, "AblationCallback")
         matched_set = next(iter(self.sets)) if matched_set is None else matched_set
@@ -105,7 +108,7 @@ class AblationCallback(CausalTestCallback):
             raise ConfigurationError(f"AblationCallback: n_trials must be an integer >= 1, got {n_trials!r}")
         if not 0 < confidence < 1:
             raise ConfigurationError(f"AblationCallback: confidence must lie in (0, 1), got {confidence}")
-        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
+        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path, recorder)
         self.matched_set = matched_set
         self.n_trials = n_trials
         self.seed = seed
@@ -114,7 +117,7 @@ class AblationCallback(CausalTestCallback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(sets=self.sets, matched_set=self.matched_set)
+        return named_state_key(self, sets=self.sets, matched_set=self.matched_set)
 
     @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class EdgeDecomposer(RowAnalysis):
     Args:
         top_k: leading directions decomposed (at most the recorder's window).
         history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+        recorder: name of the UpdateRecorder to read (None: the trainer's only one); tags follow its name.
 
     Example::
 
@@ -35,8 +36,8 @@ class EdgeDecomposer(RowAnalysis):
         # after trainer.fit(...): decomposer.latest["edge/grad_frac_v1"]
     """
 
-    def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
-        super().__init__(top_k, history_path)
+    def __init__(self, top_k: int = 5, history_path: str | None = None, recorder: str | None = None) -> None:
+        super().__init__(top_k, history_path, recorder)
         self._cross = torch.zeros(0, 0, dtype=torch.float64)  # X_wd Xᵀ of the window: [i, j] = wd_i · total_j
 
     @override

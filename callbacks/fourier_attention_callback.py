@@ -21,17 +21,17 @@ from .functional.fourier_attention import (
 )
 from .functional.probe import run_probes
 from .update_recorder import UpdateRecorder
-from .utils.causal import SPECTRUM_HINT, check_directions
+from .utils.causal import check_directions, check_recorder_name, find_edge, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable, bad_input_is_configuration
 from .utils.evaluation import eval_mode, evaluation_batches, perturbed, require_evaluable
 from .utils.hidden_states import (
     attention_modules, captured_sequences, module_aliases, require_target, resolve_modules,
 )
 from .utils.param_selection import split_like
-from .utils.protocols import DirectionSource, ProbeableModule, ProbeTarget
+from .utils.protocols import ProbeableModule, ProbeTarget
 from .utils.results import unavailable, write_results
 from .utils.schedule import ScheduledCallback
-from .utils.trainer import find, log_scalars
+from .utils.trainer import log_scalars
 
 
 def check_aligned(mask: Tensor, shape: torch.Size, alias: str, target: str) -> None:
@@ -80,6 +80,8 @@ class FourierAttentionCallback(ScheduledCallback):
         seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
             (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
+        recorder: name of the UpdateRecorder whose directions the edge response uses (None: the trainer's only
+            one); its ``fourier_edge/`` tags carry that name.
 
     Example::
 
@@ -108,6 +110,7 @@ class FourierAttentionCallback(ScheduledCallback):
         eps_scale: float = 0.005,
         seed: int = 0,
         json_path: str | None = None,
+        recorder: str | None = None,
     ) -> None:
         self.modules = module_aliases(modules, "FourierAttentionCallback", allow_empty=True)
         self.attention = None if attention is None else module_aliases(attention, "FourierAttentionCallback", allow_empty=True)
@@ -131,11 +134,13 @@ class FourierAttentionCallback(ScheduledCallback):
         self.eps_scale = eps_scale
         self.seed = seed
         self.json_path = json_path
+        self.recorder = check_recorder_name(recorder, "FourierAttentionCallback")
+        self._recorder: UpdateRecorder | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(modules=self.modules, attention=self.attention, response=self.response_module)
+        return named_state_key(self, modules=self.modules, attention=self.attention, response=self.response_module)
 
     def prepare(self, pl_module: pl.LightningModule) -> None:
         """Check the module names against ``pl_module`` and resolve the attention modules; ``run`` needs it."""
@@ -158,8 +163,7 @@ class FourierAttentionCallback(ScheduledCallback):
             for name in wanted:
                 require_target(targets, name, who)
         if self.response_module is not None:
-            self._recorder = UpdateRecorder.find(trainer)
-            self._spectrum = find(trainer, DirectionSource, SPECTRUM_HINT, "GramSpectrum")
+            self._recorder, self._spectrum = find_edge(trainer, self.recorder)
 
     @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
@@ -289,6 +293,8 @@ class FourierAttentionCallback(ScheduledCallback):
                     out[f"fourier_edge/{name}/{key}"] = float(e[key])
                 metric = next(key for key in e if key.startswith("func_"))
                 out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
+        if self._recorder is not None:  # the edge response's tags carry its recorder's name
+            out = {self._recorder.tag(k) if k.startswith("fourier_edge/") else k: v for k, v in out.items()}
         return out
 
     @override

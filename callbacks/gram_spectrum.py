@@ -37,6 +37,7 @@ class GramSpectrum(RowAnalysis, DirectionSource):
     Args:
         top_k: leading directions reported (at most the recorder's window).
         history_path: ``.npz`` of every logged scalar vs step, written at fit end (relative: under trainer.log_dir).
+        recorder: name of the UpdateRecorder to read (None: the trainer's only one); tags follow its name.
 
     Example::
 
@@ -48,13 +49,16 @@ class GramSpectrum(RowAnalysis, DirectionSource):
         # after trainer.fit(...): spectrum.latest["edge/sigma_1"], spectrum.directions([1, 2])
     """
 
-    def __init__(self, top_k: int = 5, history_path: str | None = None) -> None:
-        super().__init__(top_k, history_path)
+    def __init__(self, top_k: int = 5, history_path: str | None = None, recorder: str | None = None) -> None:
+        super().__init__(top_k, history_path, recorder)
 
     @staticmethod
-    def find(trainer: "pl.Trainer") -> "GramSpectrum":
-        """The trainer's one GramSpectrum (a ConfigurationError if it has none or several)."""
-        return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
+    def find(trainer: "pl.Trainer", recorder: str | None = None) -> "GramSpectrum":
+        """The trainer's one GramSpectrum (with ``recorder``: the one reading the UpdateRecorder of that name; a
+        ConfigurationError if there is none or several)."""
+        if recorder is None:
+            return find(trainer, GramSpectrum, "add UpdateRecorder() and GramSpectrum() to them")
+        return find(trainer, GramSpectrum, f"add GramSpectrum(recorder={recorder!r})", where=lambda cb: cb.recorder == recorder)
 
     # ---------------------------------------------------------------- per row
     @override

@@ -17,7 +17,7 @@ from .functional.ablation import random_subspace
 from .functional.perturbation import (
     exact_curvatures, kl_divergence, second_difference,
 )
-from .utils.causal import CausalTestCallback, check_directions
+from .utils.causal import CausalTestCallback, check_directions, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable
 from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.param_selection import split_like
@@ -55,7 +55,9 @@ class PerturbationCallback(CausalTestCallback):
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``
-            (``perturbation_{i}.json`` for the i-th further PerturbationCallback of the trainer).
+            (``perturbation_{i}.json`` for the i-th further PerturbationCallback of the trainer;
+            ``perturbation_<name>.json`` for a named recorder).
+        recorder: name of the UpdateRecorder whose directions are perturbed (None: the trainer's only one).
 
     Example::
 
@@ -83,6 +85,7 @@ class PerturbationCallback(CausalTestCallback):
         dataloader_idx: int = 0,
         max_batches: int | None = None,
         json_path: str | None = None,
+        recorder: str | None = None,
     ) -> None:
         self.directions = check_directions(directions, "PerturbationCallback", "directions")
         if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 1:
@@ -91,7 +94,7 @@ class PerturbationCallback(CausalTestCallback):
             raise ConfigurationError(f"PerturbationCallback: eps_mode must be 'absolute' or 'relative', got {eps_mode!r}")
         if not fd_scale > 0:
             raise ConfigurationError(f"PerturbationCallback: fd_scale must be > 0, got {fd_scale}")
-        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path)
+        super().__init__(steps, after_grok, dataloader_idx, max_batches, json_path, recorder)
         self.n_random = n_random
         self.seed = seed
         self.eps = check_eps_grid(REFERENCE_EPS if eps is None else eps)
@@ -102,7 +105,7 @@ class PerturbationCallback(CausalTestCallback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
+        return named_state_key(self, directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
 
     @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:

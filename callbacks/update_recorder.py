@@ -21,8 +21,8 @@ from typing_extensions import override
 
 from .utils.decay_rules import LOW_PRECISION, DecayRule, DecayStep, decay_rule
 from .utils.errors import ConfigurationError, NonFiniteError
-from .utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, select_parameters
-from .utils.trainer import find
+from .utils.param_selection import ParamSpec, Selection, check_spec, local_tensor, matching_parameters, select_parameters
+from .utils.trainer import find, find_named
 
 
 @dataclass
@@ -43,7 +43,8 @@ class _Track:
 
     name: str
     param: Tensor
-    group: int  # index into optimizer.param_groups: load_state_dict replaces the group dicts, never their order
+    group: Optional[int]  # index into optimizer.param_groups (load_state_dict replaces the group dicts, never their
+    # order); None: a frozen parameter (include_frozen=True) not in the optimizer yet
     prev: Tensor  # θ_{s−1}, then −Δθ_s inside the post-hook
     total: Tensor
     wd: Tensor
@@ -104,13 +105,30 @@ class UpdateRecorder(Callback):
     Counts exactly the optimizer steps that happen (accumulation, manual optimization, AMP-skipped steps).
 
     Args:
-        params: ``"attn_weights"`` (attention projection matrices, the reference), ``"all_matrices"``,
-            ``"all"``, or a list of glob patterns over parameter names; frozen parameters are skipped.
+        params: ``"attn_weights"`` (attention projection matrices, the reference: torch ``nn.MultiheadAttention``,
+            nanoGPT ``attn.c_attn``/``attn.c_proj``, Hugging Face ``q/k/v/o_proj``, ``out_proj``,
+            ``query/key/value``, timm ``attn.qkv``/``attn.proj``; see ``param_selection.is_attention_weight``),
+            ``"all_matrices"``, ``"all"``, or a list of glob patterns over parameter names. A tied parameter
+            matches by any of its names and counts once; wrapper components (``_orig_mod.``, DDP's ``module.``,
+            Fabric's) are left out of names only where the module really is such a wrapper.
         interval: optimizer steps summed into one row (the reference uses 100 for Dyck, 500 for SCAN).
         window: rows kept for the Gram window (the reference uses 5).
         on_nonfinite: ``"error"`` stops on a non-finite row; ``"skip"`` drops it with a warning.
         keep_raw_grad: also sum the gradients the optimizer saw (after clipping / unscaling).
         sharded: parameters are sharded across ranks (sum the w×w products over ranks); None detects DTensors.
+        name: this recorder's name, so several can share a trainer: its checkpoint state and the analyses' tags
+            (``edge/<name>/sigma_1``, ``update/<name>/norm_total``, ...) are its own; analyses pick it with
+            ``recorder=<name>``. None: the trainer's only recorder, tags ``edge/sigma_1``.
+        optimizer: index into ``trainer.optimizers`` of the optimizer to watch; only its parameters are selected.
+            None: the one optimizer that trains every selected parameter.
+        include_frozen: also select parameters frozen at fit start; they add exact zeros until they are unfrozen
+            (e.g. by ``BaseFinetuning``), then their updates. Without it, unfreezing a parameter that ``params``
+            matches stops the fit with a ConfigurationError at that step: the row length P is fixed at fit start
+            (checked before every step of its optimizer; a plain loop calls ``follow_unfrozen()`` after unfreezing).
+
+    Rows are labelled by ``trainer.global_step`` when the trainer has one optimizer; with several (manual
+    optimization, e.g. a GAN's generator and discriminator) by this recorder's optimizer's own step count (its
+    ``step()`` calls that ran, which Lightning's global_step sums over all optimizers).
 
     The decay part comes from the optimizer's decay rule (``callbacks/utils/decay_rules.py``,
     docs/methods.md §5.3), one per optimizer class: decoupled decay is −η ω θ_{s−1}; coupled decay g + ωθ is
@@ -159,8 +177,15 @@ class UpdateRecorder(Callback):
         on_nonfinite: str = "error",
         keep_raw_grad: bool = False,
         sharded: Optional[bool] = None,
+        name: Optional[str] = None,
+        optimizer: Optional[int] = None,
+        include_frozen: bool = False,
     ) -> None:
         check_spec(params)
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ConfigurationError(f"name must be a non-empty string without '/' (it goes into tags), got {name!r}")
+        if optimizer is not None and (isinstance(optimizer, bool) or not isinstance(optimizer, int) or optimizer < 0):
+            raise ConfigurationError(f"optimizer must be an index >= 0 into trainer.optimizers or None, got {optimizer!r}")
         if not isinstance(interval, int) or interval < 1:
             raise ConfigurationError(f"interval must be an integer >= 1 (optimizer steps per row), got {interval!r}")
         if not isinstance(window, int) or window < 2:
@@ -173,6 +198,9 @@ class UpdateRecorder(Callback):
         self.on_nonfinite = on_nonfinite
         self.keep_raw_grad = keep_raw_grad
         self.sharded = sharded
+        self.name = name
+        self.optimizer = optimizer
+        self.include_frozen = include_frozen
         self.steps_done = 0  # optimizer steps recorded
         self.rows_done = 0  # rows that entered the ring
         self.rows_skipped = 0  # non-finite rows dropped (on_nonfinite="skip")
@@ -184,12 +212,38 @@ class UpdateRecorder(Callback):
         self._pending_state: Optional[dict] = None
         self._is_sharded = False
         self._shadow: Optional[Tensor] = None
+        self._optimizer: Optional[Optimizer] = None  # the hooked optimizer
+        self._left_out: list[tuple[str, Tensor]] = []  # matched by ``params`` but frozen at attach (not selected)
 
     # ---------------------------------------------------------------- public API
     @staticmethod
-    def find(trainer: "pl.Trainer") -> "UpdateRecorder":
-        """The trainer's one UpdateRecorder (a ConfigurationError if it has none or several)."""
-        return find(trainer, UpdateRecorder, "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]")
+    def find(trainer: "pl.Trainer", name: Optional[str] = None) -> "UpdateRecorder":
+        """The trainer's UpdateRecorder called ``name``; None: its only one (a ConfigurationError naming the
+        choices if there are several, or none)."""
+        if name is None and len([cb for cb in trainer.callbacks if isinstance(cb, UpdateRecorder)]) <= 1:
+            return find(trainer, UpdateRecorder, "add one, e.g. callbacks=[UpdateRecorder(), GramSpectrum(), EdgeDecomposer()]")
+        return find_named(trainer, UpdateRecorder, name, "recorder")
+
+    @property
+    @override
+    def state_key(self) -> str:
+        """Unnamed: the class name (as before names existed); named: one key per name, so several fit a trainer."""
+        return super().state_key if self.name is None else self._generate_state_key(name=self.name)
+
+    def tag(self, key: str) -> str:
+        """A logged name of this recorder's analyses: ``edge/sigma_1`` -> ``edge/<name>/sigma_1`` (unnamed: as is)."""
+        if self.name is None:
+            return key
+        head, sep, rest = key.partition("/")
+        return f"{head}/{self.name}/{rest}" if sep else f"{key}/{self.name}"
+
+    def step_label(self, row_steps: int, trainer: Optional["pl.Trainer"]) -> int:
+        """The step a row that completed after ``row_steps`` recorded steps is logged at: trainer.global_step then
+        (the recorder's count can lag it: AMP skips, late attach) with one optimizer; with several, the optimizer's
+        own step count (global_step counts every optimizer's steps)."""
+        if trainer is None or len(trainer.optimizers) > 1:
+            return row_steps
+        return trainer.global_step - (self.steps_done - row_steps)
 
     @property
     def selection(self) -> Selection:
@@ -234,10 +288,29 @@ class UpdateRecorder(Callback):
     def attach(self, module: nn.Module, optimizers: Sequence[Any]) -> None:
         """Select parameters of ``module``, allocate the buffers and hook the optimizer that trains them."""
         self.detach()
-        selection = select_parameters(module, self.params)
-        optimizer, groups = self._owner(selection, [getattr(o, "_optimizer", o) for o in optimizers])
+        optimizers = [getattr(o, "_optimizer", o) for o in optimizers]
+        if self.optimizer is not None and self.optimizer >= len(optimizers):
+            raise ConfigurationError(
+                f"UpdateRecorder(optimizer={self.optimizer}) but the trainer has {len(optimizers)} optimizer(s): "
+                f"use an index below {len(optimizers)}"
+            )
+        held = {id(p): k for k, o in enumerate(optimizers) for g in o.param_groups for p in g["params"]}
+        keep = None
+        if self.optimizer is not None:  # its optimizer's parameters, and (include_frozen) frozen ones in none yet
+            keep = lambda p: held.get(id(p), -1) == self.optimizer or (  # noqa: E731
+                self.include_frozen and not p.requires_grad and id(p) not in held
+            )
+        selection = select_parameters(module, self.params, self.include_frozen, keep)
+        optimizer, groups = self._owner(selection, optimizers)
+        self._optimizer = optimizer
         for p, i in zip(selection.params, groups):
-            _check_decay(optimizer, optimizer.param_groups[i], p.dtype)
+            if i is not None:
+                _check_decay(optimizer, optimizer.param_groups[i], p.dtype)
+        mine = next(k for k, o in enumerate(optimizers) if o is optimizer)
+        self._left_out = [  # frozen parameters `params` matches that are not selected and no other optimizer holds
+            (n, p) for n, p in matching_parameters(module, self.params).items()
+            if not p.requires_grad and not self.include_frozen and held.get(id(p), mine) == mine
+        ]
         self._is_sharded = self.sharded if self.sharded is not None else any(
             hasattr(p, "to_local") for p in selection.params
         )
@@ -246,7 +319,7 @@ class UpdateRecorder(Callback):
         self._selection = selection
         self._make_tracks(groups)
         rule = decay_rule(optimizer)
-        if rule is not None and any(_needs_shadow(rule, optimizer.param_groups[i]) for i in groups):
+        if rule is not None and any(_needs_shadow(rule, optimizer.param_groups[i]) for i in groups if i is not None):
             self._ensure_shadow()
         if self._pending_state is not None:
             self._apply_state(self._pending_state)
@@ -261,20 +334,63 @@ class UpdateRecorder(Callback):
             h.remove()
         self._handles = []
 
-    def _owner(self, selection: Selection, optimizers: list[Optimizer]) -> tuple[Optimizer, list[int]]:
-        """The optimizer training the selection, and the index of each selected parameter's param group."""
+    def _owner(self, selection: Selection, optimizers: list[Optimizer]) -> tuple[Optimizer, list[Optional[int]]]:
+        """The optimizer training the selection, and the index of each selected parameter's param group (None: a
+        frozen parameter, with include_frozen, that no optimizer holds yet)."""
         where = {}
         for opt in optimizers:
             for i, group in enumerate(opt.param_groups):
                 for p in group["params"]:
                     where[id(p)] = (opt, i)
-        missing = [n for n, p in zip(selection.names, selection.params) if id(p) not in where]
+        missing = [
+            n for n, p in zip(selection.names, selection.params) if id(p) not in where and p.requires_grad
+        ]
         if missing:
             raise ConfigurationError(f"selected parameter {missing[0]!r} is in no optimizer: select only trained parameters")
-        owners = {id(where[id(p)][0]) for p in selection.params}
+        owners = {id(where[id(p)][0]): where[id(p)][0] for p in selection.params if id(p) in where}
         if len(owners) > 1:
-            raise ConfigurationError("the selected parameters span several optimizers: select parameters of one optimizer")
-        return where[id(selection.params[0])][0], [where[id(p)][1] for p in selection.params]
+            raise ConfigurationError(
+                "the selected parameters span several optimizers: bind the recorder to one with "
+                "UpdateRecorder(optimizer=<index>), or select parameters of one optimizer"
+            )
+        if not owners:
+            if self.optimizer is None:
+                raise ConfigurationError("no selected parameter is in an optimizer yet: give UpdateRecorder(optimizer=<index>)")
+            owners = {0: optimizers[self.optimizer]}
+        return next(iter(owners.values())), [where[id(p)][1] if id(p) in where else None for p in selection.params]
+
+    def follow_unfrozen(self) -> None:
+        """Before a step of the hooked optimizer (Lightning calls it; a plain loop calls it after unfreezing):
+        frozen selected parameters that joined the optimizer get their param group; a parameter ``params``
+        matches that was left out frozen and is now trainable stops the fit (the row length P is fixed)."""
+        optimizer = self._optimizer
+        if optimizer is None:
+            return
+        for name, p in self._left_out:
+            if p.requires_grad:
+                raise ConfigurationError(
+                    f"UpdateRecorder{'' if self.name is None else f'(name={self.name!r})'}: parameter {name!r}, frozen "
+                    f"at fit start, was unfrozen before optimizer step {self.steps_done + 1}, but the rows have a "
+                    "fixed length P chosen at fit start: select it from the start with include_frozen=True, or "
+                    "leave it out of `params`"
+                )
+        waiting = [t for t in self._tracks if t.group is None]
+        if not waiting:
+            return
+        where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        for t in waiting:
+            if id(t.param) in where:
+                t.group = where[id(t.param)]
+                group = optimizer.param_groups[t.group]
+                _check_decay(optimizer, group, t.param.dtype)
+                rule = decay_rule(optimizer)
+                if rule is not None and _needs_shadow(rule, group):
+                    self._ensure_shadow()
+            elif t.param.requires_grad:
+                raise ConfigurationError(
+                    f"UpdateRecorder: selected parameter {t.name!r} was unfrozen but is in no optimizer of the "
+                    f"recorder's: add it to that optimizer (e.g. BaseFinetuning.unfreeze_and_add_param_group)"
+                )
 
     def _allocate(self, selection: Selection) -> None:
         p0 = selection.params[0]
@@ -297,7 +413,7 @@ class UpdateRecorder(Callback):
         for t in self._tracks:
             t.shadow = self._shadow[t.cut]
 
-    def _make_tracks(self, groups: list[int]) -> None:
+    def _make_tracks(self, groups: list[Optional[int]]) -> None:
         self._tracks = []
         for block, p, group_index in zip(self.selection.blocks, self.selection.params, groups):
             cut = slice(block.offset, block.offset + block.numel)
@@ -401,6 +517,12 @@ class UpdateRecorder(Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         """Select the parameters and hook the optimizer that trains them (it exists from fit start)."""
         self.attach(pl_module, trainer.optimizers)
+
+    @override
+    def on_before_optimizer_step(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", optimizer: Any) -> None:
+        """Follow frozen selected parameters into the optimizer once unfrozen; refuse an unselected one unfrozen."""
+        if getattr(optimizer, "_optimizer", optimizer) is self._optimizer:
+            self.follow_unfrozen()
 
     @override
     def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:

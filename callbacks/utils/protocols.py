@@ -70,7 +70,9 @@ class GrokStepSource(ABC):
 
 class DirectionSource(ABC):
     """Base of a callback that hands out the Gram directions of the latest window (``GramSpectrum``); the causal
-    tests find it with ``find(trainer, DirectionSource, ...)``."""
+    tests find it with ``find(trainer, DirectionSource, ...)``, the one whose ``bound_recorder`` is their recorder."""
+
+    bound_recorder: Any = None  # the UpdateRecorder whose window it reads
 
     @property
     @abstractmethod

@@ -4,8 +4,9 @@ The data path of a row, top to bottom in this file and the analysis's own: insid
 (device work, no host sync) the ``GramWindow`` and each analysis take the inner products they need from the new
 row (``RowAnalysis.row_products``, named fields, accumulated in float64 by ``inner64``); later (host work, float64) ``GramWindow.process`` borders
 G = X Xᵀ with the row, solves the window once and hands the resulting ``WindowRow`` to every analysis
-(``RowAnalysis.absorb`` turns it into scalars); ``publish`` labels them with trainer.global_step and logs them on
-rank zero, and keeps the latest values and an optional history.
+(``RowAnalysis.absorb`` turns it into scalars, tagged with the recorder's name if it has one); ``publish``
+labels them with the recorder's step (``UpdateRecorder.step_label``: trainer.global_step with one optimizer) and
+logs them on rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 
@@ -157,10 +158,13 @@ class RowAnalysis(Callback, ABC):
     ``_analysis_state`` pair are optional.
     """
 
-    def __init__(self, top_k: int = 5, history_path: Optional[str] = None) -> None:
+    def __init__(self, top_k: int = 5, history_path: Optional[str] = None, recorder: Optional[str] = None) -> None:
         if not isinstance(top_k, int) or top_k < 1:
             raise ConfigurationError(f"top_k must be an integer >= 1 (directions to report), got {top_k!r}")
+        if recorder is not None and (not isinstance(recorder, str) or not recorder):
+            raise ConfigurationError(f"recorder must be the name of an UpdateRecorder or None (the only one), got {recorder!r}")
         self.top_k = top_k
+        self.recorder = recorder
         self.history_path = history_path
         self._recorder: Optional[UpdateRecorder] = None
         self._window: Optional[GramWindow] = None
@@ -194,6 +198,17 @@ class RowAnalysis(Callback, ABC):
     def _load_analysis_state(self, state: dict[str, Any]) -> None:
         pass
 
+    @property
+    @override
+    def state_key(self) -> str:
+        """The class name, with the recorder's name when one is given (one analysis of a kind per recorder)."""
+        return super().state_key if self.recorder is None else self._generate_state_key(recorder=self.recorder)
+
+    @property
+    def bound_recorder(self) -> Optional[UpdateRecorder]:
+        """The UpdateRecorder whose rows this analysis reads (None before ``bind``)."""
+        return self._recorder
+
     # ---------------------------------------------------------------- wiring
     def bind(self, recorder: UpdateRecorder, trainer: Optional["pl.Trainer"] = None) -> None:
         """Read ``recorder``'s Gram window and rows; with a trainer, rows are labelled by trainer.global_step."""
@@ -224,11 +239,9 @@ class RowAnalysis(Callback, ABC):
         if not self._pending or self._pending[0][0] > row.index:
             return  # a row completed before this analysis was bound
         index, products = self._pending.popleft()
-        metrics = self.absorb(row, to_host(products))
+        metrics = {self._recorder.tag(k): v for k, v in self.absorb(row, to_host(products)).items()}
         self._rows_seen = index + 1
-        step = row.steps
-        if self._trainer is not None:  # the recorder's step count can lag global_step (AMP skips, late attach)
-            step = self._trainer.global_step - (self._recorder.steps_done - row.steps)
+        step = self._recorder.step_label(row.steps, self._trainer)
         self._unpublished.append((step, metrics))
         self._latest, self._last_step = metrics, step
 
@@ -237,13 +250,14 @@ class RowAnalysis(Callback, ABC):
             self._window.process()
     @property
     def latest(self) -> dict[str, float]:
-        """Scalars of the latest completed row (the logged names, e.g. ``edge/sigma_1``)."""
+        """Scalars of the latest completed row (the logged names, e.g. ``edge/sigma_1``, ``edge/<name>/sigma_1``
+        for a named recorder)."""
         self._process()
         return dict(self._latest)
 
     @property
     def last_step(self) -> Optional[int]:
-        """trainer.global_step at which the latest row completed (None before the first row)."""
+        """The step the latest row was logged at (``UpdateRecorder.step_label``; None before the first row)."""
         self._process()
         return self._last_step
 
@@ -280,8 +294,9 @@ class RowAnalysis(Callback, ABC):
     # ---------------------------------------------------------------- Lightning hooks
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
-        """Bind to the trainer's UpdateRecorder before training (its rows start at fit start)."""
-        self.bind(UpdateRecorder.find(trainer), trainer)
+        """Bind to the trainer's UpdateRecorder named ``recorder`` (None: its only one) before training (its rows
+        start at fit start)."""
+        self.bind(UpdateRecorder.find(trainer, self.recorder), trainer)
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -291,7 +306,10 @@ class RowAnalysis(Callback, ABC):
             return  # the first analysis writes one layout for all of them
         charts: dict[str, list] = {}
         for cb in analyses:
-            charts.update(cb.custom_scalar_charts())
+            rec = cb._recorder
+            for title, (kind, tags) in cb.custom_scalar_charts().items():
+                named = title if rec is None or rec.name is None else f"{title} ({rec.name})"
+                charts[named] = [kind, [rec.tag(t) if rec is not None else t for t in tags]]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and charts:
                 logger.experiment.add_custom_scalars({LAYOUT_CATEGORY: charts})

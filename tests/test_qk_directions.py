@@ -82,7 +82,9 @@ def test_callback_equals_numpy_svd_and_edge_blocks(fitted):
             np.testing.assert_allclose(e["overlaps"], np.abs(np.diag(u[:, :3].T @ B @ vt[:3].T)) / np.linalg.norm(B),
                                        rtol=1e-8, atol=1e-12)
             assert e["right_share"] == pytest.approx(np.linalg.norm(B @ vt[:3].T) ** 2 / np.linalg.norm(B) ** 2, rel=1e-9)
-    logged = dict(logger.logged)
+    logged = {}
+    for step, metrics in logger.logged:  # several log calls per step
+        logged.setdefault(step, {}).update(metrics)
     assert logged[6]["qk_directions/A/q/sigma1"] == pytest.approx(cb.results[-1]["q"]["singular_values"][0])
     assert math.isnan(logged[1]["qk_directions/A/v1/q/overlap1"])  # one row: no v1, reported unavailable
     assert cb.results[0]["edge"]["v1"]["q"]["status"] == "unavailable"

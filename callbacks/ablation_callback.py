@@ -53,6 +53,10 @@ class AblationCallback(CausalTestCallback):
     * ``radial``: θ ← θ·(1 − c/‖θ‖).
     * ``theta_hat``: remove ⟨θ, θ̂⟩θ̂, i.e. set the whole selection to 0 (removed norm ‖θ‖).
 
+    With ``one_direction_control``, also the reference's 1-direction control: v₁ removed alone against
+    ``n_trials`` random unit directions (trial t: ``default_rng(one_direction_seed + t)``), under ``one_direction``
+    (logged as ``ablation/one_direction/{v1,random}/...`` and ``ablation/one_direction/ratio``).
+
     Trial controls report the mean Δ with the mean of the per-trial interval bounds (conservative for
     positively correlated trials). The ratio Δacc(matched)/Δacc(control) uses intervals at level
     1 − α/2 each and the range of their corner quotients (≥ 1 − α by Bonferroni); it is "not_resolvable"
@@ -69,6 +73,8 @@ class AblationCallback(CausalTestCallback):
         confidence: level of the Δacc intervals, in (0, 1).
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
+        one_direction_control: also measure v₁ alone against random single directions (docs/methods.md §7.4).
+        one_direction_seed: trial t of that control uses one_direction_seed + t (the reference's 2000).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/ablation.json``
             (``ablation_{i}.json`` for the i-th further AblationCallback of the trainer; ``ablation_<name>.json``
             for a named recorder).
@@ -97,6 +103,8 @@ class AblationCallback(CausalTestCallback):
         confidence: float = 0.95,
         dataloader_idx: int = 0,
         max_batches: int | None = None,
+        one_direction_control: bool = False,
+        one_direction_seed: int = 2000,
         json_path: str | None = None,
         recorder: str | None = None,
     ) -> None:
@@ -113,6 +121,10 @@ class AblationCallback(CausalTestCallback):
         self.n_trials = n_trials
         self.seed = seed
         self.confidence = confidence
+        if isinstance(one_direction_seed, bool) or not isinstance(one_direction_seed, int):
+            raise ConfigurationError(f"AblationCallback: one_direction_seed must be an integer, got {one_direction_seed!r}")
+        self.one_direction_control = one_direction_control
+        self.one_direction_seed = one_direction_seed
 
     @property
     @override
@@ -143,6 +155,7 @@ class AblationCallback(CausalTestCallback):
                     continue
                 sets[name] = {"status": "ok", "directions": ks, **measure(projection_removal(theta, basis))}
             controls = self._controls(theta, sets[self.matched_set], measure)
+            one_direction = self._one_direction(theta, measure, base.trials) if self.one_direction_control else None
         matched = sets[self.matched_set]
         ratios = {
             kind: ratio_interval(matched["delta_acc"], matched["ci_for_ratio"], c["delta_acc"], c["ci_for_ratio"], base.trials)
@@ -150,6 +163,7 @@ class AblationCallback(CausalTestCallback):
             else {**unavailable("the matched set or the control is unavailable", ("ratio",)), "interval": NAN_INTERVAL}
             for kind, c in controls.items()
         }
+        extra = {} if one_direction is None else {"one_direction": one_direction}
         return {
             "window_size": int(spectrum.window_size),
             "window_end_step": recorder.steps_done - recorder.steps_done % recorder.interval,
@@ -161,6 +175,7 @@ class AblationCallback(CausalTestCallback):
             "sets": sets,
             "controls": controls,
             "ratios": ratios,
+            **extra,
         }
 
     def _effect(self, base: Evaluation, changed: Evaluation, removed_norm: float) -> dict[str, Any]:
@@ -195,6 +210,19 @@ class AblationCallback(CausalTestCallback):
         controls["theta_hat"] = {"status": "ok", **measure(theta)}
         return controls
 
+    def _one_direction(self, theta: Tensor, measure: Any, trials: int) -> dict[str, Any]:
+        """v₁ removed alone against n_trials random unit directions (ref ``random_direction_controls.py``)."""
+        try:
+            v1 = {"status": "ok", "directions": [1], **measure(projection_removal(theta, self._spectrum.directions([1]).to(theta)))}
+        except DirectionUnavailable as err:
+            v1 = unmeasured(str(err), directions=[1])
+        random = [measure(projection_removal(theta, random_subspace(1, theta.numel(), self.one_direction_seed + t).to(theta)))
+                  for t in range(self.n_trials)]
+        summary = {**self._summarise(random), "seeds": [self.one_direction_seed + t for t in range(self.n_trials)]}
+        ratio = (ratio_interval(v1["delta_acc"], v1["ci_for_ratio"], summary["delta_acc"], summary["ci_for_ratio"], trials)
+                 if v1["status"] == "ok" else {**unavailable("v1 is unavailable", ("ratio",)), "interval": NAN_INTERVAL})
+        return {"v1": v1, "random": summary, "ratio": ratio}
+
     def _summarise(self, trials: list[dict[str, Any]]) -> dict[str, Any]:
         mean = lambda key: float(np.mean([t[key] for t in trials]))  # noqa: E731
         bounds = lambda key: [float(np.mean([t[key][i] for t in trials])) for i in (0, 1)]  # noqa: E731
@@ -226,8 +254,15 @@ class AblationCallback(CausalTestCallback):
             out[f"ablation/{name}/delta_acc_low"], out[f"ablation/{name}/delta_acc_high"] = r["ci"]
         for kind, r in result["ratios"].items():
             out[f"ablation/control_{kind}/ratio"] = r["ratio"]
+        if "one_direction" in result:
+            for name in ("v1", "random"):
+                r = result["one_direction"][name]
+                for key in ("delta_acc", "delta_loss", "removed_norm"):
+                    out[f"ablation/one_direction/{name}/{key}"] = r[key]
+            out["ablation/one_direction/ratio"] = result["one_direction"]["ratio"]["ratio"]
         return out
 
     @override
     def settings(self) -> dict[str, Any]:
-        return {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence}
+        return {"sets": self.sets, "matched_set": self.matched_set, "confidence": self.confidence,
+                "one_direction_control": self.one_direction_control, "one_direction_seed": self.one_direction_seed}

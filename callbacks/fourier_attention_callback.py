@@ -16,7 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from .functional.fourier_attention import (
-    grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
+    attention_block_masks, grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
     positional_power, recent_score, summarize_spectrum, uniform_causal_entropy,
 )
 from .functional.probe import run_probes
@@ -77,6 +77,9 @@ class FourierAttentionCallback(ScheduledCallback):
         response_target: probe target whose values group f_k (e.g. ``depth``) and whose mask picks tokens.
         directions: 1-indexed Gram directions v_k for the edge response.
         eps_scale: ε = eps_scale · ‖θ‖ of the recorder's selection (the reference's 0.005).
+        response_blocks: also the per-block variant: v_k with every coordinate zeroed but those of one block type
+            (W_Q, W_K, W_V or W_O over all layers), not renormalised, same ε (ref ``fourier_correct_basis.py``);
+            under ``edge["v{k}"]["blocks"]``, logged as ``fourier_edge/v{k}/{type}/{F,omega_star,elevation}``.
         seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
             (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
@@ -108,6 +111,7 @@ class FourierAttentionCallback(ScheduledCallback):
         response_target: str | None = None,
         directions: list[int] = [1],
         eps_scale: float = 0.005,
+        response_blocks: bool = False,
         seed: int = 0,
         json_path: str | None = None,
         recorder: str | None = None,
@@ -132,6 +136,7 @@ class FourierAttentionCallback(ScheduledCallback):
         self.response_target = response_target
         self.directions = list(directions)
         self.eps_scale = eps_scale
+        self.response_blocks = response_blocks
         self.seed = seed
         self.json_path = json_path
         self.recorder = check_recorder_name(recorder, "FourierAttentionCallback")
@@ -248,14 +253,11 @@ class FourierAttentionCallback(ScheduledCallback):
         groups = torch.cat([t.groups[:, None].expand_as(m)[m] for t, m in zip(targets, mask)])
         categorical = targets[0].categorical
         edge: dict[str, Any] = {"eps": eps}
-        for k in self.directions:
-            try:
-                v = self._spectrum.directions([k])[0].to(theta)  # [P]
-            except DirectionUnavailable as err:
-                edge[f"v{k}"] = unavailable(str(err))
-                continue
+
+        def response(direction: Tensor) -> dict[str, Any]:
+            """f per token at θ + ε·direction, its spectrum over the target's levels and the Δh probe."""
             deltas = []
-            with perturbed(params, split_like(theta + eps * v, params)):
+            with perturbed(params, split_like(theta + eps * direction, params)):
                 again = captured_sequences(pl_module, batches, [self.response_module], who,
                                            max_sequences=self.max_sequences)
                 for seen, h0, m in zip(again, base, mask):
@@ -266,9 +268,24 @@ class FourierAttentionCallback(ScheduledCallback):
             with bad_input_is_configuration(f"FourierAttentionCallback (response target {self.response_target!r})"):
                 spec = grouped_spectrum(f, values)
                 func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
-            edge[f"v{k}"] = {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
-                             "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
-                             "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
+            return {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
+                    "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
+                    "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
+
+        for k in self.directions:
+            try:
+                v = self._spectrum.directions([k])[0].to(theta)  # [P]
+            except DirectionUnavailable as err:
+                edge[f"v{k}"] = unavailable(str(err))
+                continue
+            edge[f"v{k}"] = response(v)
+            if self.response_blocks:
+                masks = attention_block_masks([(b.name, b.offset, b.shape) for b in self._recorder.selection.blocks],
+                                              theta.numel())
+                edge[f"v{k}"]["blocks"] = {
+                    kind: {**response(v * m.to(v.device)), "block_norm": float(v[m.to(v.device)].norm())}
+                    if m.any() else unavailable(f"the recorder selects no {kind} coordinates")
+                    for kind, m in masks.items()}
         return edge
 
     @override
@@ -293,6 +310,9 @@ class FourierAttentionCallback(ScheduledCallback):
                     out[f"fourier_edge/{name}/{key}"] = float(e[key])
                 metric = next(key for key in e if key.startswith("func_"))
                 out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
+                for kind, b in e.get("blocks", {}).items():
+                    for key in ("F", "omega_star", "elevation"):
+                        out[f"fourier_edge/{name}/{kind}/{key}"] = float(b.get(key, math.nan))
         if self._recorder is not None:  # the edge response's tags carry its recorder's name
             out = {self._recorder.tag(k) if k.startswith("fourier_edge/") else k: v for k, v in out.items()}
         return out

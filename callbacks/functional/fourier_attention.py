@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -162,3 +163,22 @@ def recent_score(pattern: Tensor, span: int = 3) -> Tensor:
     k = torch.arange(S, device=pattern.device)[None, :]
     band = (k <= t) & (k > t - span)  # [T, S]
     return torch.nanmean((pattern * band).sum(-1), dim=-1)
+
+
+ATTENTION_BLOCK_TYPES = ("W_Q", "W_K", "W_V", "W_O")
+
+
+def attention_block_masks(blocks: Sequence[tuple[str, int, tuple[int, ...]]], size: int) -> dict[str, Tensor]:
+    """{block type: bool mask [size]} of the coordinates of W_Q, W_K, W_V (row thirds of each ``*in_proj_weight``
+    [3d, d]) and W_O (each ``*out_proj.weight``) over all layers, from (name, offset, shape) of the flat vector's
+    blocks; other parameters belong to no type (docs/methods.md §10.3)."""
+    masks = {kind: torch.zeros(size, dtype=torch.bool) for kind in ATTENTION_BLOCK_TYPES}
+    for name, offset, shape in blocks:
+        numel = math.prod(shape)
+        if name.endswith("in_proj_weight"):
+            third = numel // 3  # [3d, d] row-major: W_Q, W_K, W_V are consecutive thirds
+            for i, kind in enumerate(ATTENTION_BLOCK_TYPES[:3]):
+                masks[kind][offset + i * third : offset + (i + 1) * third] = True
+        elif name.endswith("out_proj.weight"):
+            masks["W_O"][offset : offset + numel] = True
+    return masks

@@ -32,11 +32,15 @@ from .utils.protocols import (
 from .utils.row_analysis import GramWindow, RowAnalysis, WindowRow
 from .utils.schedule import RunSchedule, ScheduledCallback
 from .weight_decay_schedule import WeightDecaySchedule
+from .depth_geometry_callback import DepthGeometryCallback
+from .component_effect_callback import ComponentEffectCallback
+from .qk_directions_callback import QKDirectionsCallback
 
 __all__ = [
     # the public callbacks
     "AblationCallback", "EdgeDecomposer", "FourierAttentionCallback", "GramSpectrum", "GrokDetector",
     "InterruptCheckpoint", "PerturbationCallback", "ProbeCallback", "RNGStates", "UpdateRecorder", "WeightDecaySchedule",
+    "DepthGeometryCallback", "ComponentEffectCallback", "QKDirectionsCallback",
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
     "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
     "DecayRule", "DecayStep", "register_decay_rule",

@@ -122,4 +122,7 @@ class DyckTransformer(GrokModule):
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]
         mask = y != IGNORE
-        return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=sequence_keys(x))}
+        groups = sequence_keys(x)
+        return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=groups),
+                # +1 for "(" (id 0), -1 for ")" (id 1): the composition test's "token sign" (docs/methods.md §8.2)
+                "token_sign": ProbeTarget(values=(1 - 2 * x.clamp(max=1)).float(), mask=mask, categorical=False, groups=groups)}

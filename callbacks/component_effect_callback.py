@@ -17,7 +17,7 @@ from .functional.ablation import paired_counts, paired_interval
 from .functional.component_effect import COMPONENTS, SPANS, component_rows, projected_step, unit_step
 from .utils.causal import CausalTestCallback, check_directions
 from .utils.errors import ConfigurationError, DirectionUnavailable
-from .utils.evaluation import Evaluation, eval_mode, evaluate, perturbed
+from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.param_selection import split_like
 from .utils.results import unavailable
 
@@ -110,13 +110,14 @@ class ComponentEffectCallback(CausalTestCallback):
         rows_total, rows_wd = (r.to(theta) for r in recorder.window_rows())  # [w, P] each
         parts = component_rows(rows_total, rows_wd, self.span) if rows_total.shape[0] else None  # None: no row yet
         with eval_mode(pl_module):
-            base = evaluate(pl_module, batches, keep_outputs=True)
+            data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
+            base = evaluate(pl_module, data, keep_outputs=True)
 
             def effect(step: Tensor) -> dict[str, Any]:
                 out: dict[str, Any] = {"status": "ok", "step_norm": float(step.norm())}
                 for suffix, moved in (("", theta + step), ("_undo", theta - step)):
                     with perturbed(params, split_like(moved, params)):
-                        changed = evaluate(pl_module, batches, keep_outputs=True)
+                        changed = evaluate(pl_module, data, keep_outputs=True)
                     out.update(self._delta(base, changed, suffix))
                 return out
 
@@ -159,7 +160,7 @@ class ComponentEffectCallback(CausalTestCallback):
         }
 
     def _delta(self, base: Evaluation, changed: Evaluation, suffix: str) -> dict[str, Any]:
-        counts = paired_counts(base.outcomes, changed.outcomes)
+        counts = paired_counts(base.outcomes, changed.outcomes, base.outcome_counts)
         return {f"loss{suffix}": changed.loss, f"accuracy{suffix}": changed.accuracy,
                 f"delta_loss{suffix}": changed.loss - base.loss, f"delta_acc{suffix}": counts.delta,
                 f"delta_acc{suffix}_ci": list(paired_interval(counts, self.confidence))}

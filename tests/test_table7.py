@@ -16,7 +16,7 @@ R = [3.0, 4.0, 1.5, 2.5, 6.0, 9.0, 1.0]
 
 
 def brute_gap_stats(x: np.ndarray) -> tuple[float, int, float]:
-    """g₂₃, k*, R of one window X [w, P] by numpy SVD and explicit loops (the spec's §4.4 text)."""
+    """g₂₃, k*, R of one window X [w, P] by numpy SVD and explicit loops (the rule of docs/methods.md §4.4)."""
     s = np.linalg.svd(x, compute_uv=False)
     w = len(s)
     g23 = s[1] ** 2 - s[2] ** 2 if w > 2 else s[1] ** 2

@@ -32,6 +32,7 @@ from .utils.protocols import (
 from .utils.row_analysis import GramWindow, RowAnalysis, WindowRow
 from .utils.schedule import RunSchedule, ScheduledCallback
 from .weight_decay_schedule import WeightDecaySchedule
+from .loss_decomposition_callback import LossDecompositionCallback
 
 __all__ = [
     # the public callbacks
@@ -43,4 +44,6 @@ __all__ = [
     "DirectionSource", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
+    # further public callbacks
+    "LossDecompositionCallback",
 ]

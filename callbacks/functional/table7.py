@@ -4,8 +4,8 @@ Inputs are the series ``GramSpectrum`` logs (``edge/g23``, ``edge/k_star``, ``ed
 window, labelled with the step its newest row ends at. Two summaries:
 
 * ``table7_reference``: the reference's windowing exactly (max / last value before the grok step);
-* ``table7_robust``: the rate of decline of g₂₃ before grokking (a robust log-linear slope over every pre-grok
-  window), which a cadence-dependent scale of g₂₃ and the number of windows leave unbiased.
+* ``table7_robust``: the ratio of the median g₂₃ over every pre-grok window to the median over a span of steps
+  from the grok step on; a median, unlike a maximum, does not grow with the number of windows (the cadence).
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .gram_spectrum import EPS
 
 TAGS = {"g23": "edge/g23", "k_star": "edge/k_star", "gap_ratio": "edge/gap_ratio"}
 MONOTONIC_TOL = 1  # at most this many increases of g₂₃ between the early step and the grok step
+GROK_SPAN = 1.5  # robust: the gap at grokking is the median over the windows at steps a .. 1.5·a
 
 
 def _series(steps: Sequence[int], g23: Sequence[float], k_star: Sequence[float], gap_ratio: Sequence[float]):
@@ -88,30 +89,27 @@ def table7_reference(steps: Sequence[int], g23: Sequence[float], k_star: Sequenc
     return out
 
 
-def _span_median(s: np.ndarray, v: np.ndarray, low: float, high: float) -> tuple[float, int]:
-    """Median of v over steps in [low, high], and how many windows that is (NaN if none)."""
-    inside = (s >= low) & (s <= high)
-    n = int(inside.sum())
-    return (float(np.median(v[inside])) if n else math.nan), n
-
-
 def table7_robust(steps: Sequence[int], g23: Sequence[float], k_star: Sequence[float], gap_ratio: Sequence[float],
-                  grok_step: int | None, anchor_step: int | None = None, confidence: float = 0.95) -> dict:
+                  grok_step: int | None, anchor_step: int | None = None, grok_span: float = GROK_SPAN,
+                  confidence: float = 0.95) -> dict:
     """The cadence-robust Table-7 row (docs/methods.md §4.7).
 
     With a = the grok step (for a control: ``anchor_step``, e.g. the grok step of its ω > 0 twin, else the last
-    logged step): the Theil–Sen slope b of ln g₂₃ against the step over every window at a step in (0, a] with
-    g₂₃ > 10⁻¹² (its ``confidence`` interval when ≥ 3 windows), ``decline`` = exp(−b·a/2), the fitted factor by
-    which g₂₃ falls over the half grok-time before grokking, with the interval from b's; R_pre = median R over
-    (0, a], R_grok = median R and g23_grok = median g₂₃ over [0.75a, 1.25a]; k* mode and fraction k* = 1 over every
-    window. NaN where fewer than 2 windows are fitted or a span is empty.
+    logged step): g23_early = median g₂₃ over the windows at steps in (0, a), g23_grok = median over [a, grok_span·a],
+    decline = their ratio (inf under the 10⁻¹² guard, NaN when a span holds no window), with n_early / n_grok; R_pre
+    and R_grok the same medians of R; the Theil–Sen slope of ln g₂₃ against the step over (0, a] (windows with
+    g₂₃ > 10⁻¹², its ``confidence`` interval from ≥ 3 windows); k* mode and fraction k* = 1 over every window.
     """
     s, g, k, r = _series(steps, g23, k_star, gap_ratio)
     if len(s) == 0:
         raise ValueError("no windows: the run logged no edge/g23")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if not 0 < confidence < 1 or not grok_span >= 1:
+        raise ValueError(f"need confidence in (0, 1) and grok_span >= 1, got {confidence} and {grok_span}")
     anchor = grok_step if grok_step is not None else (anchor_step if anchor_step is not None else int(s[-1]))
+    early = (s > 0) & (s < anchor)
+    late = (s >= anchor) & (s <= grok_span * anchor)
+    median = lambda v, sel: float(np.median(v[sel])) if sel.any() else math.nan  # noqa: E731
+    g_early, g_grok = median(g, early), median(g, late)
     fit = (s > 0) & (s <= anchor) & (g > EPS)
     n_fit = int(fit.sum())
     slope, low, high = math.nan, math.nan, math.nan
@@ -120,16 +118,13 @@ def table7_robust(steps: Sequence[int], g23: Sequence[float], k_star: Sequence[f
         slope = float(slope)
         if n_fit >= 3:
             low, high = float(lo), float(hi)
-    half = anchor / 2
-    g_grok, n_grok = _span_median(s, g, 0.75 * anchor, 1.25 * anchor)
-    r_grok, _ = _span_median(s, r, 0.75 * anchor, 1.25 * anchor)
-    r_pre, _ = _span_median(s, r, 1, anchor)
     return {
-        "variant": "robust", "grok_step": grok_step, "anchor_step": int(anchor), "n_fit": n_fit,
-        "log_slope_per_step": slope, "log_slope_ci": [low, high],
-        "decline": math.exp(-slope * half) if math.isfinite(slope) else math.nan,
-        "decline_ci": [math.exp(-high * half), math.exp(-low * half)] if math.isfinite(low) else [math.nan, math.nan],
-        "g23_grok": g_grok, "n_grok": n_grok, "R_pre": r_pre, "R_grok": r_grok, **k_star_summary(k),
+        "variant": "robust", "grok_step": grok_step, "anchor_step": int(anchor),
+        "grok_span": [int(anchor), grok_span * anchor],
+        "g23_early": g_early, "g23_grok": g_grok, "n_early": int(early.sum()), "n_grok": int(late.sum()),
+        "decline": _ratio(g_early, g_grok) if early.any() and late.any() else math.nan,
+        "R_pre": median(r, early), "R_grok": median(r, late),
+        "n_fit": n_fit, "log_slope_per_step": slope, "log_slope_ci": [low, high], **k_star_summary(k),
     }
 
 

@@ -5,7 +5,8 @@ window, labelled with the step its newest row ends at. Two summaries:
 
 * ``table7_reference``: the reference's windowing exactly (max / last value before the grok step);
 * ``table7_robust``: the ratio of the median g₂₃ over every pre-grok window to the median over a span of steps
-  from the grok step on; a median, unlike a maximum, does not grow with the number of windows (the cadence).
+  from the grok step on; a median, unlike a maximum, does not grow with the number of windows. It does not remove
+  the cadence dependence of g₂₃ itself (a window of W c-step rows spans W·c steps): report the cadence with it.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from .functional.fourier_attention import (
-    attention_block_masks, grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score, mean_pattern, pattern_power,
-    positional_power, recent_score, summarize_spectrum, uniform_causal_entropy,
+    attention_block_masks, field_pearson, grouped_spectrum, head_entropy, is_causal_pattern, kl_to_uniform, local_score,
+    mean_pattern, pattern_power, positional_field_spectrum, positional_power, recent_score, reference_func_r2,
+    summarize_spectrum, token_ratio, uniform_causal_entropy,
 )
 from .functional.probe import run_probes
 from .update_recorder import UpdateRecorder
@@ -60,7 +61,9 @@ class FourierAttentionCallback(ScheduledCallback):
     (plus ``entropy_all``: all queries, pads included, when ``mask_target`` is set); ``kl_uniform`` is the KL of the
     mean pattern to uniform attention on keys 0..t when the probabilities are causal, else on all S keys (padded
     keys included); with ``response_module``,
-    ``fourier_edge/v{k}/{F,omega_star,elevation,func_r2}``. Everything, spectra included, goes to ``results``/JSON.
+    ``fourier_edge/v{k}/{F,omega_star,elevation,func_r2,pearson,pos_F,pos_omega_star}`` (docs/methods.md §6.5),
+    ``token_ratio`` with ``token_target`` and ``ref_func_r2`` with ``reference_variant``. Everything, spectra
+    included, goes to ``results``/JSON.
 
     Args:
         modules: modules whose outputs [B, T, D] get a positional DFT, or {alias: module name}.
@@ -81,6 +84,10 @@ class FourierAttentionCallback(ScheduledCallback):
             (W_Q, W_K, W_V or W_O over all layers), not renormalised, same ε (ref ``fourier_correct_basis.py``);
             under ``edge["v{k}"]["blocks"]``, logged as ``fourier_edge/v{k}/{type}/{F,omega_star,elevation}``.
         seed: seed of the by-group split of the ``func_r2`` probe (Ridge from Δh to the target).
+        token_target: probe target holding the input token ids (e.g. ``token``): the field's token ratio.
+        token_pair: the two token ids of the ratio (mean f over the first / over the second); None: the two most
+            frequent among the response tokens.
+        ref_seed: seed of the reference's random token split for ``ref_func_r2`` (the reference's 42).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/fourier_attention.json``
             (``fourier_attention_{i}.json`` for the i-th further callback of this class in the trainer).
         recorder: name of the UpdateRecorder whose directions the edge response uses (None: the trainer's only
@@ -114,6 +121,9 @@ class FourierAttentionCallback(ScheduledCallback):
         response_blocks: bool = False,
         seed: int = 0,
         json_path: str | None = None,
+        token_target: str | None = None,
+        token_pair: list[int] | None = None,
+        ref_seed: int = 42,
         recorder: str | None = None,
     ) -> None:
         self.modules = module_aliases(modules, "FourierAttentionCallback", allow_empty=True)
@@ -127,6 +137,10 @@ class FourierAttentionCallback(ScheduledCallback):
             raise ConfigurationError(f"FourierAttentionCallback: eps_scale must be > 0, got {eps_scale}")
         if not self.modules and self.attention == {} and response_module is None:
             raise ConfigurationError("FourierAttentionCallback has nothing to do: give modules, attention (None: all) or response_module")
+        if token_target is not None and response_module is None:
+            raise ConfigurationError("FourierAttentionCallback: token_target needs response_module and response_target")
+        if token_pair is not None and (len(token_pair) != 2 or any(isinstance(i, bool) or not isinstance(i, int) for i in token_pair)):
+            raise ConfigurationError(f"FourierAttentionCallback: token_pair must be two token ids, got {token_pair!r}")
         self.mask_target = mask_target
         super().__init__(steps, after_grok)
         self.dataloader_idx = dataloader_idx
@@ -141,6 +155,9 @@ class FourierAttentionCallback(ScheduledCallback):
         self.json_path = json_path
         self.recorder = check_recorder_name(recorder, "FourierAttentionCallback")
         self._recorder: UpdateRecorder | None = None
+        self.token_target = token_target
+        self.token_pair = None if token_pair is None else tuple(token_pair)
+        self.ref_seed = ref_seed
 
     @property
     @override
@@ -160,7 +177,7 @@ class FourierAttentionCallback(ScheduledCallback):
         """Check the module, its names and targets before the first step; find the recorder and spectrum the edge response needs."""
         who = "FourierAttentionCallback"
         self.prepare(pl_module)
-        wanted = [t for t in (self.mask_target, self.response_target) if t is not None]
+        wanted = [t for t in (self.mask_target, self.response_target, self.token_target) if t is not None]
         if wanted:
             if not isinstance(pl_module, ProbeableModule):
                 raise ConfigurationError(f"{who} needs the LightningModule to define `probe_targets(batch)` for its targets")
@@ -218,7 +235,8 @@ class FourierAttentionCallback(ScheduledCallback):
             result["attention"][alias] = self._attention_summary(p, mask)
         if self.response_module is not None:
             base = reps[self.response_module]
-            result["edge"] = self._edge_response(pl_module, used, base, [t[self.response_target] for t in targets])
+            tokens = [t[self.token_target] for t in targets] if self.token_target is not None else None
+            result["edge"] = self._edge_response(pl_module, used, base, [t[self.response_target] for t in targets], tokens)
         return result
 
     def _mask(self, masks: list[Tensor], shape: torch.Size, alias: str) -> Tensor:
@@ -242,8 +260,9 @@ class FourierAttentionCallback(ScheduledCallback):
                 "pattern_power": pattern_power(pattern).tolist(), **heads}
 
     def _edge_response(self, pl_module: pl.LightningModule, batches: list[Any], base: list[Tensor],
-                       targets: list[ProbeTarget]) -> dict[str, Any]:
-        """Per direction: f_k per token, grouped by the response target (docs/methods.md §10.3), and the Δh → target probe (docs/methods.md §6.4)."""
+                       targets: list[ProbeTarget], tokens: list[ProbeTarget] | None) -> dict[str, Any]:
+        """Per direction: f_k per token, grouped by the response target (docs/methods.md §10.3), the Δh → target
+        probe (docs/methods.md §6.4), and the field's Pearson, token ratio and positional DFT (docs/methods.md §6.5)."""
         who = "FourierAttentionCallback"
         params = self._recorder.selection.params
         theta = self._recorder.flat_params().double()  # [P]
@@ -252,25 +271,32 @@ class FourierAttentionCallback(ScheduledCallback):
         values = torch.cat([t.values[m] for t, m in zip(targets, mask)])  # [n]
         groups = torch.cat([t.groups[:, None].expand_as(m)[m] for t, m in zip(targets, mask)])
         categorical = targets[0].categorical
+        token_ids = torch.cat([t.values[m] for t, m in zip(tokens, mask)]) if tokens is not None else None  # [n]
         edge: dict[str, Any] = {"eps": eps}
 
         def response(direction: Tensor) -> dict[str, Any]:
-            """f per token at θ + ε·direction, its spectrum over the target's levels and the Δh probe."""
-            deltas = []
+            """f per token at θ + ε·direction, its spectrum over the target's levels, the Δh probe and the field's
+            statistics."""
+            deltas, fields = [], []
             with perturbed(params, split_like(theta + eps * direction, params)):
                 again = captured_sequences(pl_module, batches, [self.response_module], who,
                                            max_sequences=self.max_sequences)
                 for seen, h0, m in zip(again, base, mask):
-                    h = seen.outputs[self.response_module].cpu()
-                    deltas.append((h.double() - h0.double())[m])  # [n_b, D]
+                    full = seen.outputs[self.response_module].cpu().double() - h0.double()  # [B, T, D]
+                    deltas.append(full[m])  # [n_b, D]
+                    fields.append(full.square().sum(-1))  # [B, T]
             delta = torch.cat(deltas)  # [n, D]
             f = delta.square().sum(-1)  # [n]
+            stats = self._field_statistics(f, values, token_ids, fields, mask)
             with bad_input_is_configuration(f"FourierAttentionCallback (response target {self.response_target!r})"):
                 spec = grouped_spectrum(f, values)
                 func = run_probes(delta.numpy(), values.numpy(), groups.numpy(), categorical, ("linear",), seed=self.seed)[0]
-            return {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
-                    "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
-                    "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value}
+            out = {"status": "ok", "levels": spec.levels, "power": spec.power.tolist(),
+                   "F": spec.concentration, "omega_star": spec.omega_star, "n_bins": spec.n_bins,
+                   "baseline": spec.baseline, "elevation": spec.elevation, f"func_{func.metric}": func.value, **stats}
+            if self.reference_variant and not categorical:
+                out["ref_func_r2"] = reference_func_r2(delta, values, self.ref_seed)
+            return out
 
         for k in self.directions:
             try:
@@ -287,6 +313,21 @@ class FourierAttentionCallback(ScheduledCallback):
                     if m.any() else unavailable(f"the recorder selects no {kind} coordinates")
                     for kind, m in masks.items()}
         return edge
+
+    def _field_statistics(self, f: Tensor, values: Tensor, token_ids: Tensor | None, fields: list[Tensor],
+                          mask: list[Tensor]) -> dict[str, Any]:
+        """Pearson(f, target), the token ratio, and the positional DFT of f (unavailable for ragged batches)."""
+        out: dict[str, Any] = {"pearson": field_pearson(f, values)}
+        if token_ids is not None:
+            ratio = token_ratio(f, token_ids, self.token_pair)
+            out["token_pair"], out["token_ratio"] = ratio["pair"], ratio["ratio"]
+        if len({tuple(x.shape[1:]) for x in fields}) == 1:
+            pos = positional_field_spectrum(torch.cat(fields), torch.cat(mask))
+            out.update({"pos_power": pos["power"], "pos_F": pos["F"], "pos_omega_star": pos["omega_star"]})
+        else:
+            out.update({"pos_power": None, "pos_F": math.nan, "pos_omega_star": math.nan,
+                        "pos_reason": "batches of different lengths: no positional spectrum"})
+        return out
 
     @override
     def scalars(self, result: dict[str, Any]) -> dict[str, float]:
@@ -306,8 +347,10 @@ class FourierAttentionCallback(ScheduledCallback):
                 out[f"attention/{alias}/entropy_all"] = float(np.mean(a["entropy_all"]))
         for name, e in result.get("edge", {}).items():
             if name != "eps" and e["status"] == "ok":
-                for key in ("F", "omega_star", "elevation"):
-                    out[f"fourier_edge/{name}/{key}"] = float(e[key])
+                for key in ("F", "omega_star", "elevation", "pearson", "pos_F", "pos_omega_star", "token_ratio",
+                            "ref_func_r2"):
+                    if key in e:
+                        out[f"fourier_edge/{name}/{key}"] = float(e[key])
                 metric = next(key for key in e if key.startswith("func_"))
                 out[f"fourier_edge/{name}/{metric}"] = float(e[metric])
                 for kind, b in e.get("blocks", {}).items():

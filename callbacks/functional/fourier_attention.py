@@ -10,7 +10,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
 from torch import Tensor
 
 
@@ -182,3 +185,60 @@ def attention_block_masks(blocks: Sequence[tuple[str, int, tuple[int, ...]]], si
         elif name.endswith("out_proj.weight"):
             masks["W_O"][offset : offset + numel] = True
     return masks
+
+
+# ---- statistics of the perturbation-response field f_k (docs/methods.md §6.5) ----------------------------------
+def field_pearson(field: Tensor, values: Tensor) -> float:
+    """Pearson correlation of f [n] with the target values [n] over tokens (NaN if either is constant)."""
+    f, v = field.to(torch.float64), values.to(torch.float64)
+    fc, vc = f - f.mean(), v - v.mean()
+    denom = float(fc.norm() * vc.norm())
+    return float(fc @ vc) / denom if denom > 0 else math.nan
+
+
+def token_ratio(field: Tensor, tokens: Tensor, pair: tuple[int, int] | None = None) -> dict:
+    """mean f over tokens ``pair[0]`` / mean f over tokens ``pair[1]`` (f, tokens [n]); without ``pair``, the two
+    most frequent token ids, most frequent first (ties: smaller id first). NaN if a token is absent or the
+    denominator mean is 0."""
+    ids, counts = torch.unique(tokens.to(torch.int64), return_counts=True)
+    if pair is None:
+        if len(ids) < 2:
+            return {"pair": None, "ratio": math.nan}
+        order = sorted(range(len(ids)), key=lambda i: (-int(counts[i]), int(ids[i])))
+        pair = (int(ids[order[0]]), int(ids[order[1]]))
+    f = field.to(torch.float64)
+    means = []
+    for token in pair:
+        sel = tokens.to(torch.int64) == token
+        means.append(float(f[sel].mean()) if bool(sel.any()) else math.nan)
+    ratio = means[0] / means[1] if means[1] != 0 else math.nan  # NaN propagates from an absent token
+    return {"pair": [int(pair[0]), int(pair[1])], "ratio": ratio}
+
+
+def positional_field_spectrum(field: Tensor, mask: Tensor) -> dict:
+    """The reference's positional DFT of a field f [N, T] with valid tokens mask [N, T]: s[t] = mean of f over the
+    sequences valid at t (positions valid in none are dropped), rfft without centring (DC kept), power = |·|²,
+    F = max / total power, ω* = argmax (DC allowed)."""
+    m = mask.to(torch.float64)
+    counts = m.sum(0)  # [T]
+    present = counts > 0
+    if int(present.sum()) < 2:
+        raise ValueError(f"a positional spectrum needs at least 2 valid positions, got {int(present.sum())}")
+    s = (field.to(torch.float64) * m).sum(0)[present] / counts[present]  # [T']
+    power = torch.fft.rfft(s).abs().square()
+    total = float(power.sum())
+    return {"power": power.tolist(), "F": float(power.max()) / total if total > 0 else math.nan,
+            "omega_star": int(power.argmax()), "n_positions": int(present.sum())}
+
+
+def reference_func_r2(delta: Tensor, values: Tensor, seed: int = 42, train_fraction: float = 0.7) -> float:
+    """The reference's "Func R²": Ridge(α = 1, intercept, raw features) from Δh [n, D] to the target [n] on a random
+    token split (``numpy.random.RandomState(seed).permutation``; the first ⌊0.7 n⌋ train), R² on the rest."""
+    x, y = delta.to(torch.float64).numpy(), values.to(torch.float64).numpy()
+    order = np.random.RandomState(seed).permutation(len(y))
+    n_train = int(train_fraction * len(y))
+    if n_train < 2 or len(y) - n_train < 2:
+        raise ValueError(f"a token split needs at least 2 tokens on each side, got {len(y)} tokens")
+    train, test = order[:n_train], order[n_train:]
+    model = Ridge(alpha=1.0).fit(x[train], y[train])
+    return float(r2_score(y[test], model.predict(x[test])))

@@ -35,6 +35,7 @@ from .weight_decay_schedule import WeightDecaySchedule
 from .depth_geometry_callback import DepthGeometryCallback
 from .component_effect_callback import ComponentEffectCallback
 from .qk_directions_callback import QKDirectionsCallback
+from .loss_decomposition_callback import LossDecompositionCallback
 
 __all__ = [
     # the public callbacks
@@ -47,4 +48,6 @@ __all__ = [
     "DirectionSource", "DistinctRowsModule", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
+    # further public callbacks
+    "LossDecompositionCallback",
 ]

@@ -162,3 +162,15 @@ def recent_score(pattern: Tensor, span: int = 3) -> Tensor:
     k = torch.arange(S, device=pattern.device)[None, :]
     band = (k <= t) & (k > t - span)  # [T, S]
     return torch.nanmean((pattern * band).sum(-1), dim=-1)
+
+
+def token_axis_power(weight: Tensor) -> Tensor:
+    """Power of an embedding weight [n, D] per frequency along its token axis, summed over features ->
+    [n // 2 + 1] float64 (docs/methods.md §10.4).
+
+    Each feature is centred over the n tokens first, so bin 0 is 0 and ``summarize_spectrum`` gives the share
+    of the key frequencies among the non-DC bins. Token i at position i: the ids must be ordered (residues 0..n-1).
+    """
+    w = weight.to(torch.float64)
+    spectrum = torch.fft.rfft(w - w.mean(0), dim=0)  # [n//2+1, D]
+    return spectrum.abs().square().sum(1)

@@ -79,7 +79,7 @@ class ModularTransformer(GrokModule):
             raise ValueError(f"ModularTransformer takes [B, {SEQ_LEN}] inputs (a, b, =), got {tuple(x.shape)}")
         h = self.tok_emb(x) + self.pos_emb(torch.arange(SEQ_LEN, device=x.device))  # [B, 3, D]
         h = self.encoder(h)
-        return self.head(self.ln_f(h[:, -1]))
+        return self.head(self.ln_f(h)[:, -1])  # ln_f on every position: its output [B, 3, D] aligns with the probe targets
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch

@@ -242,3 +242,15 @@ def reference_func_r2(delta: Tensor, values: Tensor, seed: int = 42, train_fract
     train, test = order[:n_train], order[n_train:]
     model = Ridge(alpha=1.0).fit(x[train], y[train])
     return float(r2_score(y[test], model.predict(x[test])))
+
+
+def token_axis_power(weight: Tensor) -> Tensor:
+    """Power of an embedding weight [n, D] per frequency along its token axis, summed over features ->
+    [n // 2 + 1] float64 (docs/methods.md §10.5).
+
+    Each feature is centred over the n tokens first, so bin 0 is 0 and ``summarize_spectrum`` gives the share
+    of the key frequencies among the non-DC bins. Token i at position i: the ids must be ordered (residues 0..n-1).
+    """
+    w = weight.to(torch.float64)
+    spectrum = torch.fft.rfft(w - w.mean(0), dim=0)  # [n//2+1, D]
+    return spectrum.abs().square().sum(1)

@@ -335,7 +335,7 @@ class UpdateRecorder(Callback):
     # ``rate`` (coupled decay through the optimizer's buffers / denominator) keeps θ_{s−1} for after the step.
     @torch.no_grad()
     def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
-        closure = kwargs.get("closure", args[0] if args else None)
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args = (optimizer, closure?)
         self._captured = False
         if not callable(closure):
             self._capture(optimizer)
@@ -350,7 +350,7 @@ class UpdateRecorder(Callback):
 
         if "closure" in kwargs:
             return args, {**kwargs, "closure": closure_then_capture}
-        return (closure_then_capture, *args[1:]), kwargs
+        return (args[0], closure_then_capture, *args[2:]), kwargs
 
     def _capture(self, optimizer: Optimizer) -> None:
         """θ_{s−1} and the step's gradients: start a row, add this step's decoupled decay, keep what the rule needs."""
@@ -427,7 +427,7 @@ class UpdateRecorder(Callback):
 
     # ---------------------------------------------------------------- row completion (one sync per row)
     def _complete_row(self) -> None:
-        finite = (torch.isfinite(self._acc_total).all() & torch.isfinite(self._acc_wd).all()).to(torch.float32)
+        finite = self._row_is_finite().to(torch.float32)
         if self._is_sharded:  # every rank must take the same branch
             finite = self.all_reduce(finite) / dist.get_world_size()
         if float(finite) < 1.0:
@@ -448,6 +448,14 @@ class UpdateRecorder(Callback):
             if acc is not None:
                 acc.zero_()
         self._row_steps = 0
+
+    def _row_is_finite(self) -> Tensor:
+        """0-dim bool: every entry of the row is finite. A float32 sum is non-finite whenever an entry is (inf and
+        NaN propagate), so one reduction pass decides, and only a sum that overflowed is checked entry by entry."""
+        quick = torch.isfinite(self._acc_total.sum() + self._acc_wd.sum())
+        if bool(quick):
+            return quick
+        return torch.isfinite(self._acc_total).all() & torch.isfinite(self._acc_wd).all()
 
     def _reject_row(self) -> None:
         first, last = self.steps_done - self.interval + 1, self.steps_done

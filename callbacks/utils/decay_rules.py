@@ -70,8 +70,8 @@ class DecayRule:
             called when it does, and at every step when the rule carries a shadow (which decays on after ω → 0).
         rate: optional ``group -> number or None``: when this step's decay of the group is exactly
             −rate·θ_{s−1} (decoupled decay θ ← θ(1 − rate), or decay without any buffer or denominator), the rate;
-            the recorder then adds it as one multi-tensor axpy before the step and keeps no θ_{s−1} (docs/methods.md
-            §5.4). None (or no ``rate``): ``decay`` is called after the step.
+            the recorder then adds it as one multi-tensor axpy before the step and keeps no θ_{s−1}
+            (docs/methods.md §5.4). None (or no ``rate``): ``decay`` is called after the step.
     """
 
     decay: Callable[[DecayStep], Tensor]

@@ -5,12 +5,15 @@ The demo ``Transformer`` (14.6 M parameters, vocabulary 33278) trains on random 
 the closure running forward, zero_grad and backward). Variants: the plain step, and the step with the three
 callbacks (window 5) on the attention matrices (``attn_weights``, 0.96 M) or all parameters, at interval 1 and
 100. Every variant keeps its own model and optimizer and they alternate in rounds (the VM is shared: machine
-noise hits all alike), 1 torch thread; ms/step is the total time of a variant over all rounds / its steps.
+noise hits all alike), 1 torch thread. Times are CPU time of this process per step (``time.process_time``: on
+a VM shared with other jobs, wall time mostly measures waiting). At interval 100 a row completes once per 100
+steps; when fewer steps than that are timed, its ms/step is estimated as the mean recording-only step plus
+1/100 of what a row adds (the interval-1 step of the same selection minus that recording-only step), marked "est.".
 Extra memory is the bytes of every tensor the recorder, its Gram window and the analyses hold (unique storages),
 in copies of the selection.
 
-    python benchmarks/recorder_overhead.py                       # 4 rounds x 50 steps (about 3 minutes)
-    python benchmarks/recorder_overhead.py --rounds 8 --steps 100
+    python benchmarks/recorder_overhead.py                       # 3 rounds x 5 steps (a few minutes)
+    python benchmarks/recorder_overhead.py --rounds 4 --steps 50  # 200 steps: interval 100 measured, not estimated
 """
 from __future__ import annotations
 
@@ -72,7 +75,8 @@ def _tensors_bytes(objects: list) -> int:
 
 class Variant:
     def __init__(self, name: str, params, interval: int, batch: int, seq: int) -> None:
-        self.name, self.seconds, self.steps = name, 0.0, 0
+        self.name, self.interval = name, interval
+        self.times: list[tuple[float, bool]] = []  # (CPU seconds, a row completed) per timed step
         self.module = DemoLM()
         self.opt = self.module.configure_optimizers()
         self.batch, self.seq = batch, seq
@@ -102,11 +106,22 @@ class Variant:
                 a.publish()  # what on_train_batch_end does (no trainer: nothing logged)
 
     def run(self, steps: int) -> None:
-        start = time.perf_counter()
         for _ in range(steps):
+            rows = self.recorder.rows_done if self.recorder is not None else 0
+            start = time.process_time()
             self.step()
-        self.seconds += time.perf_counter() - start
-        self.steps += steps
+            self.times.append((time.process_time() - start, self.recorder is not None and self.recorder.rows_done > rows))
+
+    def mean(self, rows: bool | None = None) -> float:
+        picked = [t for t, r in self.times if rows is None or r == rows]
+        return sum(picked) / len(picked) if picked else float("nan")
+
+    def per_step(self, every_step: "Variant | None") -> tuple[float, bool]:
+        """(CPU seconds per step, estimated?)."""
+        if self.interval == 1 or len(self.times) >= self.interval or every_step is None:
+            return self.mean(), False
+        recording = self.mean(rows=False)
+        return recording + (every_step.mean() - recording) / self.interval, True
 
     def extra_copies(self) -> float:
         if self.recorder is None:
@@ -117,11 +132,11 @@ class Variant:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per variant and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per variant before the rounds")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the rounds")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -138,20 +153,20 @@ def main() -> None:
     for r in range(args.rounds):
         for v in variants:
             v.run(args.steps)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{v.name} {1e3 * v.seconds / v.steps:.1f}" for v in variants),
-              flush=True)
-    plain = variants[0].seconds / variants[0].steps
-    numel = {v.name: v.recorder.selection.numel for v in variants if v.recorder is not None}
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{v.name} {1e3 * v.mean():.1f}" for v in variants), flush=True)
+    every_step = {v.name.split(",")[0]: v for v in variants if v.interval == 1 and v.recorder is not None}
+    plain = variants[0].mean()
     print(f"\ndemo Transformer ({sum(p.numel() for p in variants[0].params) / 1e6:.2f} M params), batch "
           f"{args.batch} x {args.seq} tokens, AdamW(weight_decay=0.1), window 5, {args.rounds} rounds x {args.steps} "
-          f"steps, torch threads {torch.get_num_threads()}\n")
-    print("| variant | selection | ms/step | vs plain | extra memory (copies of the selection) |")
+          f"steps, torch threads {torch.get_num_threads()}, CPU time per step\n")
+    print("| variant | selection | CPU ms/step | vs plain | extra memory (copies of the selection) |")
     print("|---|---|---|---|---|")
     for v in variants:
-        ms = 1e3 * v.seconds / v.steps
-        sel = f"{numel[v.name] / 1e6:.2f} M" if v.name in numel else "-"
+        seconds, estimated = v.per_step(every_step.get(v.name.split(",")[0]))
+        sel = f"{v.recorder.selection.numel / 1e6:.2f} M" if v.recorder is not None else "-"
         mem = f"{v.extra_copies():.2f}" if v.recorder is not None else "-"
-        print(f"| {v.name} | {sel} | {ms:.1f} | {100 * (v.seconds / v.steps / plain - 1):+.1f} % | {mem} |")
+        est = " (est.)" if estimated else ""
+        print(f"| {v.name} | {sel} | {1e3 * seconds:.1f}{est} | {100 * (seconds / plain - 1):+.1f} %{est} | {mem} |")
 
 
 if __name__ == "__main__":

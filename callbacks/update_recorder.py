@@ -131,6 +131,11 @@ class UpdateRecorder(Callback):
     (``precision="bf16-true"``) the decay part is the rounded decay the optimizer applied (zero when
     θ·(1 − ηω) rounds back to θ); coupled decay and fused AdamW cannot be measured there and are refused.
 
+    Cost (docs/methods.md §4.7, §5.4): a row's Δθ is θ_end − θ_start (one snapshot per row, so changes made to the
+    parameters between optimizer steps inside a row count as part of it); a decoupled decay (AdamW, SGD without
+    momentum...) is one multi-tensor axpy per step and the recorder holds 2·window + 2 copies of the selection; a
+    coupled decay keeps θ_{s−1} and runs its rule per tensor after the step (one more copy, and slower).
+
     Example::
 
         from lightning.pytorch import Trainer

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
-from callbacks.utils.row_analysis import ROW_CHUNK, inner64, row_inner64
+from callbacks.utils.row_analysis import ROW_CHUNK, FlatPieces, inner64, row_inner64
 from oracle import TinyAttention, assert_metrics_close, attention_names, brute_for_run, decay_per_step, flat, rows_of
 from oracle import run_fit
 
@@ -71,10 +71,12 @@ def test_one_pass_products_equal_inner64():
     vectors = {"total": torch.randn(n) + 2.0, "wd": torch.randn(n) * 1e-3, "theta": torch.randn(n)}
     pairs = [("ring_total", "total"), ("ring_total", "theta"), ("ring_wd", "total"), ("total", "total"),
              ("wd", "total"), ("theta", "theta"), ("wd", "wd")]
-    got = row_inner64(rings, vectors, pairs)
-    for a, b in pairs:
-        want = inner64({**rings, **vectors}[a], vectors[b])
-        torch.testing.assert_close(got[(a, b)], want, rtol=1e-13, atol=0)
+    pieces = FlatPieces(list(vectors["theta"].split([5, ROW_CHUNK - 3, 1, ROW_CHUNK + 10, 110])))  # θ by parameter
+    for theta in (vectors["theta"], pieces):
+        got = row_inner64(rings, {**vectors, "theta": theta}, pairs)
+        for a, b in pairs:
+            want = inner64({**rings, **vectors}[a], vectors[b])
+            torch.testing.assert_close(got[(a, b)], want, rtol=1e-13, atol=0)
 
 
 class _NoClosureCall(torch.optim.Optimizer):

@@ -9,6 +9,7 @@ rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import weakref
@@ -28,6 +29,7 @@ from typing_extensions import override
 from ..functional.gram_spectrum import append_gram, window_spectrum
 from ..update_recorder import RowEvent, UpdateRecorder
 from ..utils.errors import ConfigurationError
+from ..utils.param_selection import local_tensor
 
 LAYOUT_CATEGORY = "spectral edge"
 Products = dict[str, Tensor]
@@ -50,9 +52,32 @@ def inner64(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Tensor], pairs: list[Pair]) -> dict[Pair, Tensor]:
+class FlatPieces:
+    """The concatenation of flat tensors [n_i] read by slices without materialising it (θ from the parameters)."""
+
+    def __init__(self, pieces: list[Tensor]) -> None:
+        self.pieces = pieces
+        self.starts = [0]
+        for t in pieces:
+            self.starts.append(self.starts[-1] + t.numel())
+        self.shape = (self.starts[-1],)
+        self.device = pieces[0].device
+
+    def __getitem__(self, cut: slice) -> Tensor:
+        """Entries [cut.start, cut.stop) (a view when they lie in one piece)."""
+        start, stop = cut.start, cut.stop
+        parts = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < stop:
+            lo, hi = self.starts[i], self.starts[i + 1]
+            parts.append(self.pieces[i][start - lo : min(stop, hi) - lo])
+            start, i = min(stop, hi), i + 1
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[Pair]) -> dict[Pair, Tensor]:
     """Every requested product a · b in one pass over P, accumulated in float64 like ``inner64``: a ring [W, P]
-    (-> [W]) or a vector [P] (-> 0-dim) times a vector [P]. Each float32 entry is read from memory once and
+    (-> [W]) or a vector [P] (a Tensor or ``FlatPieces``; -> 0-dim) times a vector [P]. Each float32 entry is read from memory once and
     converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.7)."""
     names = sorted({b for _, b in pairs} | {a for a, _ in pairs if a not in rings})  # vectors read
     col = {n: i for i, n in enumerate(names)}
@@ -61,7 +86,9 @@ def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Tensor], pairs: lis
     n, dev = first.shape[0], first.device
     vec = torch.zeros(len(names), len(names), dtype=torch.float64, device=dev)  # [n_v, n_v] vector · vector
     ring = {r: torch.zeros(rings[r].shape[0], len(c), dtype=torch.float64, device=dev) for r, c in ring_cols.items()}
-    block = torch.empty(len(names), min(ROW_CHUNK, n), dtype=torch.float64, device=dev)  # [n_v, chunk] scratch
+    chunk = min(ROW_CHUNK, n)
+    block = torch.empty(len(names), chunk, dtype=torch.float64, device=dev)  # [n_v, chunk] scratch
+    ring_block = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in ring_cols}
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
         v = block[:, : stop - start]
@@ -70,7 +97,9 @@ def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Tensor], pairs: lis
         vec += v @ v.T
         for r, cols in ring_cols.items():
             rhs = v if len(cols) == len(names) else v[cols]
-            ring[r] += rings[r][:, start:stop].to(torch.float64) @ rhs.T  # [W, n_cols]
+            m = ring_block[r][:, : stop - start]
+            m.copy_(rings[r][:, start:stop])
+            ring[r] += m @ rhs.T  # [W, n_cols]
     out: dict[Pair, Tensor] = {}
     for a, b in pairs:
         out[(a, b)] = ring[a][:, ring_cols[a].index(col[b])] if a in rings else vec[col[a], col[b]]
@@ -142,7 +171,7 @@ class GramWindow:
         pairs = list(dict.fromkeys(pair for request in requests for pair in request.values()))
         vectors = {"total": event.total, "wd": event.wd}
         if any("theta" in pair for pair in pairs):
-            vectors["theta"] = self.recorder.flat_params()
+            vectors["theta"] = FlatPieces([local_tensor(p).reshape(-1) for p in self.recorder.selection.params])
         values = row_inner64({"ring_total": event.ring_total, "ring_wd": event.ring_wd}, vectors, pairs)
         named = [{name: values[pair] for name, pair in request.items()} for request in requests]
         for products, reader in zip(named[1:], self.readers):

@@ -96,7 +96,8 @@ def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[P
             v[i].copy_(vectors[name][start:stop])
         vec += v @ v.T
         for r, cols in ring_cols.items():
-            rhs = v if len(cols) == len(names) else v[cols]
+            contiguous = cols == list(range(cols[0], cols[-1] + 1))
+            rhs = v[cols[0] : cols[-1] + 1] if contiguous else v[cols]  # [n_cols, chunk] (a view when contiguous)
             m = ring_block[r][:, : stop - start]
             m.copy_(rings[r][:, start:stop])
             ring[r] += m @ rhs.T  # [W, n_cols]

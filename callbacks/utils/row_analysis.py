@@ -36,7 +36,7 @@ Products = dict[str, Tensor]
 
 
 CHUNK = 1 << 20  # entries of P per float64 block: bounds inner64's scratch to [.., CHUNK] float64
-ROW_CHUNK = 1 << 16  # entries of P per block of row_inner64: its float64 scratch [2W + 3, ROW_CHUNK] stays in cache
+ROW_CHUNK = 1 << 15  # entries of P per block of row_inner64: its float64 scratch [2W + 3, ROW_CHUNK] stays in cache
 RINGS = ("ring_total", "ring_wd")  # [window, P] operands of a row product: the ring's rows (slot r % window)
 VECTORS = ("total", "wd", "theta")  # [P] operands: the new row, its decay part, θ when the row completed
 Pair = tuple[str, str]  # (RINGS or VECTORS name, VECTORS name): a named inner product of a row
@@ -85,7 +85,7 @@ def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[P
     first = vectors[names[0]]
     n, dev = first.shape[0], first.device
     vec = torch.zeros(len(names), len(names), dtype=torch.float64, device=dev)  # [n_v, n_v] vector · vector
-    ring = {r: torch.zeros(rings[r].shape[0], len(c), dtype=torch.float64, device=dev) for r, c in ring_cols.items()}
+    ring = {r: torch.zeros(len(c), rings[r].shape[0], dtype=torch.float64, device=dev) for r, c in ring_cols.items()}
     chunk = min(ROW_CHUNK, n)
     block = torch.empty(len(names), chunk, dtype=torch.float64, device=dev)  # [n_v, chunk] scratch
     ring_block = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in ring_cols}
@@ -96,14 +96,13 @@ def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[P
             v[i].copy_(vectors[name][start:stop])
         vec += v @ v.T
         for r, cols in ring_cols.items():
-            contiguous = cols == list(range(cols[0], cols[-1] + 1))
-            rhs = v[cols[0] : cols[-1] + 1] if contiguous else v[cols]  # [n_cols, chunk] (a view when contiguous)
             m = ring_block[r][:, : stop - start]
             m.copy_(rings[r][:, start:stop])
-            ring[r] += m @ rhs.T  # [W, n_cols]
+            for j, i in enumerate(cols):  # one matrix-vector product per vector: faster than a [W, n_cols] gemm here
+                ring[r][j].addmv_(m, v[i])
     out: dict[Pair, Tensor] = {}
     for a, b in pairs:
-        out[(a, b)] = ring[a][:, ring_cols[a].index(col[b])] if a in rings else vec[col[a], col[b]]
+        out[(a, b)] = ring[a][ring_cols[a].index(col[b])] if a in rings else vec[col[a], col[b]]
     return out
 
 

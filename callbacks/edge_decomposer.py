@@ -13,8 +13,7 @@ from typing_extensions import override
 
 from .functional.edge_decomposer import append_cross, decompose
 from .functional.gram_spectrum import usable_modes
-from .update_recorder import RowEvent
-from .utils.row_analysis import Products, RowAnalysis, WindowRow, inner64
+from .utils.row_analysis import Pair, Products, RowAnalysis, WindowRow
 
 
 class EdgeDecomposer(RowAnalysis):
@@ -41,11 +40,10 @@ class EdgeDecomposer(RowAnalysis):
         self._cross = torch.zeros(0, 0, dtype=torch.float64)  # X_wd Xᵀ of the window: [i, j] = wd_i · total_j
 
     @override
-    def row_products(self, event: RowEvent) -> Products:
-        x, d = event.total, event.wd
+    def row_pairs(self) -> dict[str, Pair]:
         return {
-            "ring_x_wd": inner64(event.ring_total, d), "ring_wd_x": inner64(event.ring_wd, x),
-            "wd_x": inner64(d, x), "wd_wd": inner64(d, d),
+            "ring_x_wd": ("ring_total", "wd"), "ring_wd_x": ("ring_wd", "total"), "wd_x": ("wd", "total"),
+            "wd_wd": ("wd", "wd"),
         }
 
     @override

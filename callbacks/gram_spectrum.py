@@ -23,10 +23,9 @@ from .functional.gram_spectrum import (
     usable_modes,
     window_spectrum,
 )
-from .update_recorder import RowEvent
 from .utils.errors import DirectionUnavailable
 from .utils.protocols import DirectionSource
-from .utils.row_analysis import Products, RowAnalysis, WindowRow, inner64
+from .utils.row_analysis import Pair, Products, RowAnalysis, WindowRow
 from .utils.trainer import find
 
 
@@ -62,13 +61,8 @@ class GramSpectrum(RowAnalysis, DirectionSource):
 
     # ---------------------------------------------------------------- per row
     @override
-    def row_products(self, event: RowEvent) -> Products:
-        x = event.total
-        theta = self._recorder.flat_params()
-        return {
-            "ring_theta": inner64(event.ring_total, theta), "x_theta": inner64(x, theta),
-            "theta_theta": inner64(theta, theta),
-        }
+    def row_pairs(self) -> dict[str, Pair]:
+        return {"ring_theta": ("ring_total", "theta"), "x_theta": ("total", "theta"), "theta_theta": ("theta", "theta")}
 
     @override
     def absorb(self, row: WindowRow, products: Products) -> dict[str, float]:

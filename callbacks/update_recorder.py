@@ -45,13 +45,14 @@ class _Track:
     param: Tensor
     group: Optional[int]  # index into optimizer.param_groups (load_state_dict replaces the group dicts, never their
     # order); None: a frozen parameter (include_frozen=True) not in the optimizer yet
-    prev: Tensor  # θ_{s−1}, then −Δθ_s inside the post-hook
-    total: Tensor
+    total: Tensor  # −θ at the row's start, then (at the row's end) the row's Δθ = θ_end − θ_start
     wd: Tensor
     raw: Optional[Tensor]
     cut: slice  # where the parameter sits in the flat buffers
     shadow: Optional[Tensor]  # the decay rule's buffer (e.g. the decay part of SGD's momentum buffer)
+    prev: Optional[Tensor] = None  # θ_{s−1}, kept only for a decay its rule computes after the step
     before: dict = field(default_factory=dict)  # what the decay rule kept from the state before the step
+    after: bool = False  # this step's decay is computed after the step (from prev), by the rule's ``decay``
 
 
 def _decay_problem(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> Optional[str]:
@@ -93,6 +94,9 @@ def _check_decay(optimizer: Optimizer, group: dict, dtype: torch.dtype) -> None:
     problem = _decay_problem(optimizer, group, dtype)
     if problem is not None:
         raise ConfigurationError(problem)
+
+
+_AFTER = object()  # a step's decay that its rule computes after the step
 
 
 def _to_cpu(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -144,6 +148,11 @@ class UpdateRecorder(Callback):
     optimizer state and ``WeightDecaySchedule`` are followed. For parameters stored in bf16 / fp16
     (``precision="bf16-true"``) the decay part is the rounded decay the optimizer applied (zero when
     θ·(1 − ηω) rounds back to θ); coupled decay and fused AdamW cannot be measured there and are refused.
+
+    Cost (docs/methods.md §4.8, §5.5): a row's Δθ is θ_end − θ_start (one snapshot per row, so changes made to the
+    parameters between optimizer steps inside a row count as part of it); a decoupled decay (AdamW, SGD without
+    momentum...) is one multi-tensor axpy per step and the recorder holds 2·window + 2 copies of the selection; a
+    coupled decay keeps θ_{s−1} and runs its rule per tensor after the step (one more copy, and slower).
 
     Example::
 
@@ -214,6 +223,8 @@ class UpdateRecorder(Callback):
         self._shadow: Optional[Tensor] = None
         self._optimizer: Optional[Optimizer] = None  # the hooked optimizer
         self._left_out: list[tuple[str, Tensor]] = []  # matched by ``params`` but frozen at attach (not selected)
+        self._prev: Optional[Tensor] = None
+        self._captured = False
 
     # ---------------------------------------------------------------- public API
     @staticmethod
@@ -399,9 +410,9 @@ class UpdateRecorder(Callback):
             dtype = torch.promote_types(dtype, p.dtype)
         n, dev = selection.numel, p0.device
         zeros = partial(torch.zeros, dtype=dtype, device=dev)
-        self._prev, self._acc_total, self._acc_wd = zeros(n), zeros(n), zeros(n)
+        self._acc_total, self._acc_wd = zeros(n), zeros(n)  # acc_total: −θ_start during a row, its Δθ at the end
         self._acc_raw = zeros(n) if self.keep_raw_grad else None
-        self._shadow = None
+        self._shadow = self._prev = None
         self._ring_total, self._ring_wd = zeros(self.window, n), zeros(self.window, n)
         self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
@@ -409,9 +420,16 @@ class UpdateRecorder(Callback):
     def _ensure_shadow(self) -> None:
         """Allocate the decay rule's shadow [P] (zeros: no decay has entered the optimizer's buffers yet)."""
         if self._shadow is None:
-            self._shadow = torch.zeros_like(self._prev)
+            self._shadow = torch.zeros_like(self._acc_wd)
         for t in self._tracks:
             t.shadow = self._shadow[t.cut]
+
+    def _ensure_prev(self) -> None:
+        """Allocate θ_{s−1} [P], needed only by decay rules that compute the decay after the step."""
+        if self._prev is None:
+            self._prev = torch.zeros_like(self._acc_wd)
+            for t in self._tracks:
+                t.prev = self._prev[t.cut]
 
     def _make_tracks(self, groups: list[Optional[int]]) -> None:
         self._tracks = []
@@ -423,55 +441,114 @@ class UpdateRecorder(Callback):
                     param=p,
                     group=group_index,
                     cut=cut,
-                    prev=self._prev[cut],
                     total=self._acc_total[cut],
                     wd=self._acc_wd[cut],
                     raw=self._acc_raw[cut] if self._acc_raw is not None else None,
                     shadow=self._shadow[cut] if self._shadow is not None else None,
+                    prev=self._prev[cut] if self._prev is not None else None,
                 )
             )
 
     # ---------------------------------------------------------------- per-step path (no host sync)
+    # A row's Δθ telescopes: the row keeps −θ_start and adds θ_end when it completes (one snapshot per row, not
+    # per step). The decay part is taken from θ_{s−1} once the step's gradients exist (after the closure, which
+    # the optimizer runs inside step()): a decoupled decay as one multi-tensor axpy −rate·θ_{s−1}; a rule without
+    # ``rate`` (coupled decay through the optimizer's buffers / denominator) keeps θ_{s−1} for after the step.
     @torch.no_grad()
-    def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-        for t in self._tracks:
-            t.prev.copy_(local_tensor(t.param).reshape(-1))
+    def _pre_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> Optional[tuple]:
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args = (optimizer, closure?)
+        self._captured = False
+        if not callable(closure):
+            self._capture(optimizer)
+            return None
+
+        def closure_then_capture() -> Any:
+            out = closure()
+            if not self._captured:  # gradients are final now and θ is still θ_{s−1}
+                with torch.no_grad():
+                    self._capture(optimizer)
+            return out
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_capture}
+        return (args[0], closure_then_capture, *args[2:]), kwargs
+
+    def _capture(self, optimizer: Optimizer) -> None:
+        """θ_{s−1} and the step's gradients: start a row, add this step's decoupled decay, keep what the rule needs."""
+        self._captured = True
+        thetas = [local_tensor(t.param).reshape(-1).to(t.wd.dtype) for t in self._tracks]
+        if self._row_steps == 0:
+            for t, theta in zip(self._tracks, thetas):
+                torch.neg(theta, out=t.total)
         rule = decay_rule(optimizer)
-        if rule is not None:
-            for t in self._tracks:
+        axpy: dict[Any, tuple[list[Tensor], list[Tensor]]] = {}  # rate -> (decay slices, θ_{s−1})
+        raw: tuple[list[Tensor], list[Tensor]] = ([], [])
+        for t, theta in zip(self._tracks, thetas):
+            t.after = False
+            if t.param.grad is None:  # torch optimizers leave parameters without a gradient untouched
+                continue
+            if t.raw is not None:
+                raw[0].append(t.raw)
+                raw[1].append(local_tensor(t.param.grad).reshape(-1))
+            rate = self._decay_rate(optimizer, rule, t)
+            if rate is None:  # no decay this step
+                continue
+            if rate is _AFTER:
+                self._ensure_prev()
+                t.prev.copy_(theta)
                 t.before = rule.before(optimizer.state.get(t.param, {}))
+                t.after = True
+                continue
+            slices, sources = axpy.setdefault(rate, ([], []))
+            slices.append(t.wd)
+            sources.append(theta)
+        for rate, (slices, sources) in axpy.items():
+            torch._foreach_add_(slices, sources, alpha=-rate)
+        if raw[0]:
+            torch._foreach_add_(raw[0], raw[1])
+
+    def _decay_rate(self, optimizer: Optimizer, rule: Optional[DecayRule], t: _Track) -> Any:
+        """This step's decay of ``t``: None (none), a python number r (it is −r·θ_{s−1}), or _AFTER (the rule's
+        ``decay`` computes it after the step)."""
+        group = optimizer.param_groups[t.group]
+        _check_decay(optimizer, group, t.param.dtype)  # ω may have been switched on since attach
+        if rule is None or not (rule.active(group) or t.shadow is not None):  # a shadow decays on after ω → 0
+            return None
+        if t.shadow is None and _needs_shadow(rule, group):  # ω switched on after attach: no decay entered before
+            self._ensure_shadow()
+        if t.shadow is None and rule.rate is not None and t.param.dtype not in LOW_PRECISION:
+            rate = rule.rate(group)
+            if isinstance(rate, Tensor) and rate.device.type == "cpu" and rate.numel() == 1:
+                rate = float(rate)
+            if isinstance(rate, (int, float)):
+                return rate
+        return _AFTER
 
     @torch.no_grad()
     def _post_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._captured:
+            raise RuntimeError(
+                f"{type(optimizer).__name__}.step(closure) returned without calling its closure: UpdateRecorder "
+                "needs the gradients of the step (call the closure, or step without one)"
+            )
+        rule = decay_rule(optimizer)
         for t in self._tracks:
-            theta = local_tensor(t.param).reshape(-1)
-            if t.param.grad is not None:  # torch optimizers leave parameters without a gradient untouched
-                self._add_decay(optimizer, t)
-                if t.raw is not None:
-                    t.raw.add_(local_tensor(t.param.grad).reshape(-1))
-            t.prev.sub_(theta)  # prev = θ_{s−1} − θ_s
-            t.total.sub_(t.prev)
+            if t.after:
+                group = optimizer.param_groups[t.group]
+                state = optimizer.state.get(t.param, {})
+                t.wd.add_(rule.decay(DecayStep(group, state, t.before, t.prev, t.shadow, t.param.dtype)))
         self.steps_done += 1
         self._row_steps += 1
         if self._row_steps == self.interval:
+            torch._foreach_add_(
+                [t.total for t in self._tracks],
+                [local_tensor(t.param).reshape(-1).to(t.total.dtype) for t in self._tracks],
+            )  # θ_end − θ_start
             self._complete_row()
-
-    def _add_decay(self, optimizer: Optimizer, t: _Track) -> None:
-        """Add this step's decay part Δwd_s (the optimizer's decay rule, from θ_{s−1} = t.prev, the live group and
-        the optimizer's state after the step) to t.wd."""
-        group = optimizer.param_groups[t.group]
-        _check_decay(optimizer, group, t.param.dtype)  # ω may have been switched on since attach
-        rule = decay_rule(optimizer)
-        if rule is None or not (rule.active(group) or t.shadow is not None):  # a shadow decays on after ω → 0
-            return
-        if t.shadow is None and _needs_shadow(rule, group):  # ω switched on after attach: no decay entered before
-            self._ensure_shadow()
-        state = optimizer.state.get(t.param, {})
-        t.wd.add_(rule.decay(DecayStep(group, state, t.before, t.prev, t.shadow, t.param.dtype)))
 
     # ---------------------------------------------------------------- row completion (one sync per row)
     def _complete_row(self) -> None:
-        finite = (torch.isfinite(self._acc_total).all() & torch.isfinite(self._acc_wd).all()).to(torch.float32)
+        finite = self._row_is_finite().to(torch.float32)
         if self._is_sharded:  # every rank must take the same branch
             finite = self.all_reduce(finite) / dist.get_world_size()
         if float(finite) < 1.0:
@@ -488,10 +565,18 @@ class UpdateRecorder(Callback):
             if self._ring_raw is not None:
                 self._ring_raw[slot].copy_(self._acc_raw)
             self.rows_done += 1
-        for acc in (self._acc_total, self._acc_wd, self._acc_raw):
+        for acc in (self._acc_wd, self._acc_raw):  # acc_total is overwritten by the next row's −θ_start
             if acc is not None:
                 acc.zero_()
         self._row_steps = 0
+
+    def _row_is_finite(self) -> Tensor:
+        """0-dim bool: every entry of the row is finite. A float32 sum is non-finite whenever an entry is (inf and
+        NaN propagate), so one reduction pass decides, and only a sum that overflowed is checked entry by entry."""
+        quick = torch.isfinite(self._acc_total.sum() + self._acc_wd.sum())
+        if bool(quick):
+            return quick
+        return torch.isfinite(self._acc_total).all() & torch.isfinite(self._acc_wd).all()
 
     def _reject_row(self) -> None:
         first, last = self.steps_done - self.interval + 1, self.steps_done
@@ -552,7 +637,7 @@ class UpdateRecorder(Callback):
             "rows_total": _to_cpu(self._ring_total[order]),
             "rows_wd": _to_cpu(self._ring_wd[order]),
             "rows_raw": _to_cpu(self._ring_raw[order]) if self._ring_raw is not None else None,
-            "acc_total": _to_cpu(self._acc_total),
+            "neg_row_start": _to_cpu(self._acc_total),  # −θ at the start of the partial row
             "acc_wd": _to_cpu(self._acc_wd),
             "acc_raw": _to_cpu(self._acc_raw),
             "shadow": _to_cpu(self._shadow),
@@ -585,7 +670,11 @@ class UpdateRecorder(Callback):
             self._ring_raw[order] = state["rows_raw"].to(self._ring_raw)
         if state["shadow"] is not None:
             self._ensure_shadow()
-        for name in ("acc_total", "acc_wd", "acc_raw", "shadow"):
+        if "neg_row_start" in state:
+            self._acc_total.copy_(state["neg_row_start"])
+        elif self._row_steps > 0:  # a checkpoint that summed the partial row's Δθ: −θ_start = Σ Δθ − θ_now
+            self._acc_total.copy_(state["acc_total"].to(self._acc_total) - self.flat_params().to(self._acc_total))
+        for name in ("acc_wd", "acc_raw", "shadow"):
             buf = getattr(self, "_" + name)
             if buf is not None and state[name] is not None:
                 buf.copy_(state[name])

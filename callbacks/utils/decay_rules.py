@@ -68,6 +68,10 @@ class DecayRule:
             entries the step overwrites); called in the pre-step hook, ``{}`` state before the first step.
         active: ``group -> bool``, the group applies any decay now (default: ``weight_decay != 0``); ``decay`` is
             called when it does, and at every step when the rule carries a shadow (which decays on after ω → 0).
+        rate: optional ``group -> number or None``: when this step's decay of the group is exactly
+            −rate·θ_{s−1} (decoupled decay θ ← θ(1 − rate), or decay without any buffer or denominator), the rate;
+            the recorder then adds it as one multi-tensor axpy before the step and keeps no θ_{s−1}
+            (docs/methods.md §5.5). None (or no ``rate``): ``decay`` is called after the step.
     """
 
     decay: Callable[[DecayStep], Tensor]
@@ -75,6 +79,7 @@ class DecayRule:
     shadow: Callable[[dict], bool] = field(default=_never)
     before: Callable[[dict], dict] = field(default=_keep_nothing)
     active: Callable[[dict], bool] = field(default=_has_weight_decay)
+    rate: Optional[Callable[[dict], Any]] = None
 
 
 _RULES: dict[type, DecayRule] = {}
@@ -115,12 +120,27 @@ def _lerp_shadow(step: DecayStep, beta: Any) -> Tensor:
     return step.shadow.lerp_(d, 1 - beta)
 
 
-def _lr_wd(step: DecayStep) -> Any:
-    return step.group["lr"] * step.group["weight_decay"]
+def _lr_wd(group: dict) -> Any:
+    return group["lr"] * group["weight_decay"]
 
 
 def _coupled_flag(group: dict) -> bool:
     return not group.get("decoupled_weight_decay", False)
+
+
+def _decoupled_rate(group: dict) -> Any:
+    """η·ω of a group whose decay is decoupled (AdamW, Adam / NAdam / RAdam with decoupled_weight_decay), else None."""
+    return None if _coupled_flag(group) else _lr_wd(group)
+
+
+def _plain_rate(group: dict) -> Any:
+    """η·ω: Adafactor, Muon (always decoupled)."""
+    return _lr_wd(group)
+
+
+def _sgd_rate(group: dict) -> Any:
+    """η·ω of SGD without momentum (the coupled ωθ goes straight into the step), else None."""
+    return _lr_wd(group) if group["momentum"] == 0 else None
 
 
 # ---------------------------------------------------------------- the rules of torch's optimizers
@@ -128,7 +148,7 @@ def _adam(step: DecayStep) -> Tensor:
     """Adam / AdamW: decoupled −ηωθ; coupled −η/bc₁ · m_wd / (√v̂ / √bc₂ + ε), v̂ = v (or max v with amsgrad)."""
     g = step.group
     if not _coupled_flag(g):
-        return decoupled(step, _lr_wd(step))
+        return decoupled(step, _lr_wd(step.group))
     beta1, beta2 = (_scalar(b) for b in g["betas"])
     t = _scalar(step.state["step"])
     m_wd = _lerp_shadow(step, beta1)
@@ -139,7 +159,7 @@ def _adam(step: DecayStep) -> Tensor:
 
 def _decoupled(step: DecayStep) -> Tensor:
     """Adafactor, Muon: −ηωθ (torch's ``param.mul_(1 − lr·ω)`` before the step, with the group's own lr)."""
-    return decoupled(step, _lr_wd(step))
+    return decoupled(step, _lr_wd(step.group))
 
 
 def _sgd_before(state: dict) -> dict:
@@ -193,7 +213,7 @@ def _nadam(step: DecayStep) -> Tensor:
     """NAdam: decoupled −ηωθ; coupled −η[(1 − μₜ)/(1 − Πμ) d + μₜ₊₁/(1 − Πμ·μₜ₊₁) m_wd] / (√(v/bc₂) + ε)."""
     g = step.group
     if not _coupled_flag(g):
-        return decoupled(step, _lr_wd(step))
+        return decoupled(step, _lr_wd(step.group))
     beta1, beta2 = (_scalar(b) for b in g["betas"])
     t, prod = _scalar(step.state["step"]), _scalar(step.state["mu_product"])  # Πμ up to μₜ
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * g["momentum_decay"]))
@@ -209,7 +229,7 @@ def _radam(step: DecayStep) -> Tensor:
     """RAdam: decoupled −ηωθ; coupled −η m_wd / bc₁ · (r √bc₂ / (√v + ε) when ρₜ > 5, else 1)."""
     g = step.group
     if not _coupled_flag(g):
-        return decoupled(step, _lr_wd(step))
+        return decoupled(step, _lr_wd(step.group))
     beta1, beta2 = (_scalar(b) for b in g["betas"])
     t = _scalar(step.state["step"])
     m_wd = _lerp_shadow(step, beta1) * (-g["lr"] / (1 - beta1**t))
@@ -253,16 +273,16 @@ def _asgd_active(group: dict) -> bool:
 
 
 for _cls, _rule in {
-    Adam: DecayRule(_adam, coupled=_coupled_flag, shadow=_coupled_flag),
-    SGD: DecayRule(_sgd, coupled=_always, shadow=_has_momentum, before=_sgd_before),
+    Adam: DecayRule(_adam, coupled=_coupled_flag, shadow=_coupled_flag, rate=_decoupled_rate),
+    SGD: DecayRule(_sgd, coupled=_always, shadow=_has_momentum, before=_sgd_before, rate=_sgd_rate),
     RMSprop: DecayRule(_rmsprop, coupled=_always, shadow=_has_momentum),
     Adagrad: DecayRule(_adagrad, coupled=_always),
     Adamax: DecayRule(_adamax, coupled=_always, shadow=_always),
-    NAdam: DecayRule(_nadam, coupled=_coupled_flag, shadow=_coupled_flag),
-    RAdam: DecayRule(_radam, coupled=_coupled_flag, shadow=_coupled_flag),
+    NAdam: DecayRule(_nadam, coupled=_coupled_flag, shadow=_coupled_flag, rate=_decoupled_rate),
+    RAdam: DecayRule(_radam, coupled=_coupled_flag, shadow=_coupled_flag, rate=_decoupled_rate),
     Adadelta: DecayRule(_adadelta, coupled=_always, before=_adadelta_before),
     ASGD: DecayRule(_asgd, coupled=_always, before=_asgd_before, active=_asgd_active),
-    Adafactor: DecayRule(_decoupled, coupled=_never),
-    Muon: DecayRule(_decoupled, coupled=_never),
+    Adafactor: DecayRule(_decoupled, coupled=_never, rate=_plain_rate),
+    Muon: DecayRule(_decoupled, coupled=_never, rate=_plain_rate),
 }.items():
     register_decay_rule(_cls, _rule)

@@ -10,6 +10,7 @@ logs them on rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import weakref
@@ -29,12 +30,17 @@ from typing_extensions import override
 from ..functional.gram_spectrum import append_gram, window_spectrum
 from ..update_recorder import RowEvent, UpdateRecorder
 from ..utils.errors import ConfigurationError
+from ..utils.param_selection import local_tensor
 
 LAYOUT_CATEGORY = "spectral edge"
 Products = dict[str, Tensor]
 
 
 CHUNK = 1 << 20  # entries of P per float64 block: bounds inner64's scratch to [.., CHUNK] float64
+ROW_CHUNK = 1 << 15  # entries of P per block of row_inner64: its float64 scratch [2W + 3, ROW_CHUNK] stays in cache
+RINGS = ("ring_total", "ring_wd")  # [window, P] operands of a row product: the ring's rows (slot r % window)
+VECTORS = ("total", "wd", "theta")  # [P] operands: the new row, its decay part, θ when the row completed
+Pair = tuple[str, str]  # (RINGS or VECTORS name, VECTORS name): a named inner product of a row
 
 
 def inner64(a: Tensor, b: Tensor) -> Tensor:
@@ -44,6 +50,60 @@ def inner64(a: Tensor, b: Tensor) -> Tensor:
     for start in range(0, a.shape[-1], CHUNK):
         stop = start + CHUNK
         out += a[..., start:stop].to(torch.float64) @ b[start:stop].to(torch.float64)
+    return out
+
+
+class FlatPieces:
+    """The concatenation of flat tensors [n_i] read by slices without materialising it (θ from the parameters)."""
+
+    def __init__(self, pieces: list[Tensor]) -> None:
+        self.pieces = pieces
+        self.starts = [0]
+        for t in pieces:
+            self.starts.append(self.starts[-1] + t.numel())
+        self.shape = (self.starts[-1],)
+        self.device = pieces[0].device
+
+    def __getitem__(self, cut: slice) -> Tensor:
+        """Entries [cut.start, cut.stop) (a view when they lie in one piece)."""
+        start, stop = cut.start, cut.stop
+        parts = []
+        i = bisect.bisect_right(self.starts, start) - 1
+        while start < stop:
+            lo, hi = self.starts[i], self.starts[i + 1]
+            parts.append(self.pieces[i][start - lo : min(stop, hi) - lo])
+            start, i = min(stop, hi), i + 1
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[Pair]) -> dict[Pair, Tensor]:
+    """Every requested product a · b in one pass over P, accumulated in float64 like ``inner64``: a ring [W, P]
+    (-> [W]) or a vector [P] (a Tensor or ``FlatPieces``; -> 0-dim) times a vector [P]. Each float32 entry is read from memory once and
+    converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.8)."""
+    names = sorted({b for _, b in pairs} | {a for a, _ in pairs if a not in rings})  # vectors read
+    col = {n: i for i, n in enumerate(names)}
+    ring_cols = {r: sorted({col[b] for a, b in pairs if a == r}) for r in rings if any(a == r for a, _ in pairs)}
+    first = vectors[names[0]]
+    n, dev = first.shape[0], first.device
+    vec = torch.zeros(len(names), len(names), dtype=torch.float64, device=dev)  # [n_v, n_v] vector · vector
+    ring = {r: torch.zeros(len(c), rings[r].shape[0], dtype=torch.float64, device=dev) for r, c in ring_cols.items()}
+    chunk = min(ROW_CHUNK, n)
+    block = torch.empty(len(names), chunk, dtype=torch.float64, device=dev)  # [n_v, chunk] scratch
+    ring_block = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in ring_cols}
+    for start in range(0, n, ROW_CHUNK):
+        stop = min(start + ROW_CHUNK, n)
+        v = block[:, : stop - start]
+        for i, name in enumerate(names):
+            v[i].copy_(vectors[name][start:stop])
+        vec += v @ v.T
+        for r, cols in ring_cols.items():
+            m = ring_block[r][:, : stop - start]
+            m.copy_(rings[r][:, start:stop])
+            for j, i in enumerate(cols):  # one matrix-vector product per vector: faster than a [W, n_cols] gemm here
+                ring[r][j].addmv_(m, v[i])
+    out: dict[Pair, Tensor] = {}
+    for a, b in pairs:
+        out[(a, b)] = ring[a][ring_cols[a].index(col[b])] if a in rings else vec[col[a], col[b]]
     return out
 
 
@@ -103,11 +163,25 @@ class GramWindow:
         if reader not in self.readers:
             self.readers.append(reader)
 
+    PAIRS: dict[str, Pair] = {"ring_x": ("ring_total", "total"), "xx": ("total", "total")}
+
     def _on_row(self, event: RowEvent) -> None:
-        """Device work in the optimizer hook: the new row's inner products with the ring and itself."""
-        x = event.total
-        products = {"ring_x": inner64(event.ring_total, x), "xx": inner64(x, x)}
-        self._pending.append((event.index, event.steps, reduce_products(self.recorder, products)))
+        """Device work in the optimizer hook: the inner products the window and every reader need from the new row,
+        in one pass over P (``row_inner64``) and one collective, queued for ``process``."""
+        requests = [self.PAIRS] + [reader.row_pairs() for reader in self.readers]
+        pairs = list(dict.fromkeys(pair for request in requests for pair in request.values()))
+        vectors = {"total": event.total, "wd": event.wd}
+        if any("theta" in pair for pair in pairs):
+            vectors["theta"] = FlatPieces([local_tensor(p).reshape(-1) for p in self.recorder.selection.params])
+        values = row_inner64({"ring_total": event.ring_total, "ring_wd": event.ring_wd}, vectors, pairs)
+        named = [{name: values[pair] for name, pair in request.items()} for request in requests]
+        for products, reader in zip(named[1:], self.readers):
+            products.update(reader.row_products(event))
+        reduced = reduce_products(self.recorder, {f"{i}/{k}": t for i, p in enumerate(named) for k, t in p.items()})
+        named = [{k: reduced[f"{i}/{k}"] for k in p} for i, p in enumerate(named)]
+        self._pending.append((event.index, event.steps, named[0]))
+        for products, reader in zip(named[1:], self.readers):
+            reader._queue_row(event.index, products)
 
     def process(self) -> None:
         """Host work: border G with each pending row, solve the window, hand the row to every reader in order."""
@@ -179,8 +253,14 @@ class RowAnalysis(Callback, ABC):
         self._last_logged_step: Optional[int] = None
 
     # ---------------------------------------------------------------- for subclasses
+    def row_pairs(self) -> dict[str, Pair]:
+        """Named inner products this analysis needs from each new row beyond the window's, as (operand, vector) of
+        ``RINGS`` / ``VECTORS`` names (e.g. ``{"x_theta": ("total", "theta")}``): the window computes every
+        analysis's pairs in one float64 pass over P."""
+        return {}
+
     def row_products(self, event: RowEvent) -> Products:
-        """Named inner products this analysis needs from the new row beyond the window's (device, no sync)."""
+        """Other products of the new row (device tensors, no host sync), for what ``row_pairs`` cannot name."""
         return {}
 
     @abstractmethod
@@ -223,16 +303,15 @@ class RowAnalysis(Callback, ABC):
         if self._restored_window is not None:
             self._window.load_state_dict(self._restored_window)
             self._restored_window = None
-        recorder.add_row_listener(self._on_row)
 
-    def _on_row(self, event: RowEvent) -> None:
-        if event.index != self._rows_seen + len(self._pending):
+    def _queue_row(self, index: int, products: Products) -> None:
+        """Called by the window in the optimizer hook: this analysis's products of row ``index`` (summed over ranks)."""
+        if index != self._rows_seen + len(self._pending):
             raise RuntimeError(
                 f"{type(self).__name__} has seen {self._rows_seen + len(self._pending)} rows but the UpdateRecorder "
-                f"is at row {event.index}: restore both from the same checkpoint"
+                f"is at row {index}: restore both from the same checkpoint"
             )
-        products = self.row_products(event)
-        self._pending.append((event.index, reduce_products(self._recorder, products) if products else {}))
+        self._pending.append((index, products))
 
     def _absorb_row(self, row: WindowRow) -> None:
         """Called by the window, in row order: this analysis's scalars of ``row``, labelled by its global step."""

@@ -192,7 +192,7 @@ class RunEntry:
 
 
 def mean_rotation(run: Run) -> float:
-    """Mean angle of v₁ between consecutive windows over the whole run (the paper's rotation, §12 row 14)."""
+    """Mean angle of v₁ between consecutive windows over the whole run (the paper's rotation, spec 12 row 14)."""
     x = finite(run.scalars[ROTATION_TAG][1]) if ROTATION_TAG in run.scalars else np.zeros(0)
     return float(x.mean()) if x.size else math.nan
 

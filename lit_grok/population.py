@@ -108,8 +108,10 @@ def load_run(path: Path) -> Run:
     if monitor in scalars:
         steps, values = scalars[monitor]
         grok, crossing = grok_crossing(steps + 1, values, threshold)  # validation is logged at step − 1
-    elif "grok/step" in scalars:
-        grok = float(scalars["grok/step"][1][0])
+    if "grok/step" in scalars:  # the detector's own record: also a grok step restored by a resume from before the logs
+        logged = float(scalars["grok/step"][1][0])
+        if logged != grok:
+            grok, crossing = logged, math.nan
     flip = ret = math.nan
     if FLIP_TAG in scalars:
         flip, ret = flip_and_return(*scalars[FLIP_TAG])

@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from lit_grok.paper_values import paper_value
 from lit_grok.population import FIGURE_EVENTS, Group, natural_key, run_phase_steps
 from lit_grok.report import value_at
 from lit_grok.stats import finite
@@ -49,14 +50,19 @@ def mark_grok(ax, group: Group, color: str, first: bool) -> None:
 
 def fig_weight_decay(plt, groups, palette):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    paper_drawn = {axes[0]: False, axes[1]: False}
     for g in groups:
         wd = g.runs[0].weight_decay
         acc = finite([value_at(r.scalars, "val/acc", int(r.last_step)) * 100 for r in g.runs])
         norm = finite([value_at(r.scalars, "weights/norm_all", int(r.last_step)) for r in g.runs])
-        for ax, x in ((axes[0], acc), (axes[1], norm)):
+        for ax, x, tag, scale in ((axes[0], acc, "val/acc", 100.0), (axes[1], norm, "weights/norm_all", 1.0)):
             if x.size:
                 ax.errorbar(wd, x.mean(), yerr=x.std(ddof=1) if x.size > 1 else 0, fmt="o", color=palette[g.label],
                             capsize=3, label=f"{g.label} (n={x.size}, ± std)")
+            paper = paper_value(tag, "final", g.task, g.regime)
+            if paper is not None:
+                ax.plot(wd, paper.value * scale, "kx", ms=7, label="paper" if not paper_drawn[ax] else None)
+                paper_drawn[ax] = True
     axes[0].set(xlabel="weight decay ω at the end of training", ylabel="test accuracy at the last step (%)",
                 title="1A: final accuracy vs weight decay")
     axes[1].set(xlabel="weight decay ω at the end of training", ylabel="‖θ‖₂, all parameters",

@@ -333,7 +333,7 @@ def fmt(x: Optional[float]) -> str:
     a = abs(x)
     if a != 0 and (a < 1e-3 or a >= 1e5):
         return f"{x:.2e}"
-    return f"{x:.4g}" if a < 1 else f"{x:.4g}" if a < 100 else f"{x:.0f}"
+    return f"{x:.4g}" if a < 100 else f"{x:.0f}"
 
 
 def cell(row: Row) -> str:

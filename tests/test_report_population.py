@@ -9,6 +9,7 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from scipy import stats as sps
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_grok.cli import main
 from lit_grok.paper_values import paper_value
@@ -179,7 +180,9 @@ def test_outputs_and_figures_are_written(population, capsys):
     for name in ("fig1a_weight_decay", "fig1b_grad_share_v1", "sigma_k", "fig1c_curvature", "perturbation_curves",
                  "probes_r2", "ablation"):
         assert (out / f"{name}.png").stat().st_size > 10_000, name
-    assert list((out / "report_figures").glob("events.out.tfevents.*"))
+    images = EventAccumulator(str(out / "report_figures"), size_guidance={"images": 0})
+    images.Reload()
+    assert "report/fig1b_grad_share_v1" in images.Tags()["images"] and len(images.Tags()["images"]) == 7
     main(["report", str(root), "--out", str(out), "--no-figures", "--phases", "reference"])  # its figures: no run
     text = capsys.readouterr().out
     assert "(reference phases)" in text and "| grok weight_decay=1.0 | dyck | grok | 3 (42, 137, 2024) |" in text

@@ -70,7 +70,7 @@ PAPER_VALUES: tuple[PaperValue, ...] = (
     *_rows("fourier/layer_1/ref_omega_star", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0),
     *_rows("fourier/layer_1/ref_top1", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0.771),
     *_rows("fourier/layer_1/ref_top3", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0.917),
-    *_rows("attention/layer_0/entropy_mean", "dyck", "grok", "spec 12 row 19 (step 5000)", final=2.28),
+    *_rows("attention/encoder.layers.0.self_attn/entropy_mean", "dyck", "grok", "spec 12 row 19 (step 5000)", final=2.28),
 )
 
 

@@ -79,11 +79,11 @@ class Run:
 
     @property
     def regime(self) -> str:
-        """``wd→ω′[ reset]`` for a weight-decay intervention, ``memo`` for ω = 0, else ``grok``."""
+        """``wd→ω′[ reset]`` for a weight-decay intervention, ``memo`` for ω = 0, ``grok`` for ω > 0, else ``unknown``."""
         scheduled, reset = schedule_decay(self.config)
         if scheduled is not None:
             return f"wd→{scheduled}" + (" reset" if reset else "")
-        return "memo" if self.weight_decay == 0 else "grok"
+        return "memo" if self.weight_decay == 0 else "grok" if self.weight_decay > 0 else "unknown"
 
 
 def grok_monitor(config: dict[str, Any]) -> tuple[Optional[str], float]:
@@ -225,7 +225,7 @@ PHASE_ENTRIES: list[PhaseEntry] = [
     PhaseEntry("Curvature", "causal", r"perturb/.+/max_kl(_mean)?"),
     PhaseEntry("Probes", "probe", r"probe/.+"),
     PhaseEntry("Fourier and attention", "causal", r"fourier/[^/]+/(ref_)?(top1|top3|omega_star)"),
-    PhaseEntry("Fourier and attention", "causal", r"attention/[^/]+/entropy_mean"),
+    PhaseEntry("Fourier and attention", "causal", r"attention/[^/]+/entropy_(mean|all)"),
     PhaseEntry("Fourier and attention", "causal", r"fourier_edge/.+"),
     PhaseEntry("Final state", "window", r"val/acc|weights/norm_all|update/theta_norm", phases=("final",)),
 ]

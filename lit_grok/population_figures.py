@@ -112,26 +112,31 @@ def phase_values(group: Group, tag: str, family: str, phase: str, mode: str, mem
 
 
 def fig_curvature(plt, groups, palette, tags, mode, memo_at):
+    """vᵀHv per direction, one panel per phase with a measurement (pre, late); None when there is none."""
     names = sorted({t.split("/")[1] for t in tags if re.fullmatch(r"curvature/v\d+/hvp", t)}, key=natural_key)
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True, layout="constrained")
     width = 0.8 / max(len(groups), 1)
-    for i, g in enumerate(groups):
-        for j, name in enumerate(names + ["random"]):
-            tag = f"curvature/{name}/hvp" if name != "random" else "curvature/random/hvp_mean"
-            x = phase_values(g, tag, "causal", "late", mode, memo_at)
-            if x.size:
-                ax.bar(j + i * width, x.mean(), width, yerr=x.std(ddof=1) if x.size > 1 else 0, color=palette[g.label],
-                       capsize=2, label=f"{g.label} (n={x.size}, ± std)" if j == 0 else None)
-    ax.set_xticks(np.arange(len(names) + 1) + 0.4 - width / 2, names + ["random (mean)"])
-    ax.set_yscale("symlog", linthresh=1e-4)
-    ax.set(ylabel="vᵀHv (exact, loss per unit² of θ)", title="1C: curvature per direction at the late phase")
-    ax.legend(**LEGEND)
-    return fig
+    drawn = False
+    for ax, phase in zip(axes, ("pre", "late")):
+        for i, g in enumerate(groups):
+            for j, name in enumerate(names + ["random"]):
+                tag = f"curvature/{name}/hvp" if name != "random" else "curvature/random/hvp_mean"
+                x = phase_values(g, tag, "causal", phase, mode, memo_at)
+                if x.size:
+                    drawn = True
+                    ax.bar(j + i * width, x.mean(), width, yerr=x.std(ddof=1) if x.size > 1 else 0,
+                           color=palette[g.label], capsize=2, label=f"{g.label} (n={x.size}, ± std)" if j == 0 else None)
+        ax.set_xticks(np.arange(len(names) + 1) + 0.4 - width / 2, names + ["random (mean)"])
+        ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set(title=f"1C: vᵀHv per direction, {phase} phase", ylabel="vᵀHv (exact; loss per unit² of θ)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.0, 0.9), fontsize=8,
+               frameon=False)
+    return fig if drawn else None
 
 
 def fig_perturbation(plt, groups, palette, mode, memo_at):
     names = ["v1", "v2", "v3", "v4", "random0"]
-    fig, axes = plt.subplots(1, len(names), figsize=(14, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(14, 3.4), sharey=True, layout="constrained")
     drawn = False
     for g in groups:
         curves = {n: [] for n in names}
@@ -166,13 +171,15 @@ def fig_probes(plt, groups, palette, tags):
     probe_tags = [t for t in tags if t.startswith("probe/")]
     cols = min(len(probe_tags), 4)
     rows = math.ceil(len(probe_tags) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharex=True,
+                             layout="constrained")
     for ax, tag in zip(axes.flat, probe_tags):
-        for gi, g in enumerate(groups):
+        for g in groups:
             for i, run in enumerate(g.runs):
                 if tag in run.scalars:
                     ax.plot(*run.scalars[tag], marker="o", ms=3, lw=0.8, color=palette[g.label],
                             label=f"{g.label} (one line per seed)" if i == 0 else None)
+            mark_grok(ax, g, palette[g.label], True)
         ax.set(title=tag.removeprefix("probe/"), xlabel="optimizer step", ylabel="held-out R²")
     for ax in list(axes.flat)[len(probe_tags):]:
         ax.set_visible(False)
@@ -183,7 +190,8 @@ def fig_probes(plt, groups, palette, tags):
 
 def fig_ablation(plt, groups, palette, tags, mode, memo_at):
     names = sorted({t.split("/")[1] for t in tags if re.fullmatch(r"ablation/[^/]+/delta_acc", t)}, key=natural_key)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8), squeeze=False, sharey=True,
+                             layout="constrained")
     width = 0.8 / max(len(names), 1)
     for ax, g in zip(axes[0], groups):
         for j, name in enumerate(names):

@@ -72,6 +72,12 @@ class Run:
     last_step: float
 
     @property
+    def finished(self) -> bool:
+        """The sweep marked it done, or its logs reach ``trainer.max_steps``."""
+        max_steps = self.config.get("trainer.max_steps")
+        return (self.path / "done.json").is_file() or (max_steps not in (None, -1) and self.last_step >= max_steps)
+
+    @property
     def weight_decay(self) -> float:
         """The weight decay the run trains with at its end (a WeightDecaySchedule's last milestone, else the model's)."""
         scheduled, _ = schedule_decay(self.config)
@@ -349,10 +355,11 @@ def cell(row: Row) -> str:
 
 def markdown(groups: list[Group], rows: list[Row], contrasts: list[dict[str, Any]], mode: str) -> str:
     lines = [f"# lit-grok report ({mode} phases)", ""]
-    lines.append("| group | task | regime | runs (seeds) |")
-    lines.append("|---|---|---|---|")
+    lines.append("| group | task | regime | runs (seeds) | finished (else: final = last logged step) |")
+    lines.append("|---|---|---|---|---|")
     for g in groups:
-        lines.append(f"| {g.label} | {g.task} | {g.regime} | {len(g.runs)} ({', '.join(str(r.seed) for r in g.runs)}) |")
+        lines.append(f"| {g.label} | {g.task} | {g.regime} | {len(g.runs)} ({', '.join(str(r.seed) for r in g.runs)}) | "
+                     f"{sum(r.finished for r in g.runs)} of {len(g.runs)} |")
     lines += ["", "Cells: mean ± std (ddof 1) [95 % Student-t CI] n over seeds; paper value ✓ inside our CI, ✗ outside, "
               "? no CI (n < 2). Percentages in %.", ""]
     lines += ["## Grok and flip, per run", "",
@@ -411,7 +418,8 @@ def write_outputs(out: Path, groups: list[Group], rows: list[Row], contrasts: li
         "phases": mode,
         "groups": [{"label": g.label, "task": g.task, "regime": g.regime, "runs": [
             {"path": str(r.path), "seed": r.seed, "grok_step": r.grok, "grok_crossing": r.grok_crossing,
-             "flip_step": r.flip, "flip_return": r.flip_return, "weight_decay": r.weight_decay} for r in g.runs]}
+             "flip_step": r.flip, "flip_return": r.flip_return, "weight_decay": r.weight_decay,
+             "last_step": r.last_step, "finished": r.finished} for r in g.runs]}
             for g in groups],
         "rows": [{"section": r.section, "metric": r.metric, "phase": r.phase, "group": r.group, "values": r.values,
                   "steps": r.steps, **r.stats, "paper": r.paper, "paper_source": r.paper_source, "inside_ci": r.inside_ci}

@@ -185,7 +185,7 @@ def test_outputs_and_figures_are_written(population, capsys):
     assert "report/fig1b_grad_share_v1" in images.Tags()["images"] and len(images.Tags()["images"]) == 7
     main(["report", str(root), "--out", str(out), "--no-figures", "--phases", "reference"])  # its figures: no run
     text = capsys.readouterr().out
-    assert "(reference phases)" in text and "| grok weight_decay=1.0 | dyck | grok | 3 (42, 137, 2024) |" in text
+    assert "(reference phases)" in text and "| grok weight_decay=1.0 | dyck | grok | 3 (42, 137, 2024) | 3 of 3 |" in text
 
 
 def test_pure_phase_functions():

@@ -435,7 +435,7 @@ def write_outputs(out: Path, groups: list[Group], rows: list[Row], contrasts: li
         for r in rows:
             merged = {"section": r.section, "metric": r.metric, "phase": r.phase, "group": r.group, **r.stats,
                       "paper": r.paper, "paper_source": r.paper_source, "inside_ci": r.inside_ci}
-            writer.writerow(["" if merged.get(k) is None else merged[k] for k in fields])
+            writer.writerow(["" if clean(merged.get(k)) is None else merged[k] for k in fields])
     (out / "report.md").write_text(text)
 
 

@@ -206,3 +206,19 @@ def test_summaries_of_small_samples():
     s = summarise([1.0, math.nan])
     assert s["n"] == 1 and s["mean"] == 1.0 and math.isnan(s["std"]) and math.isnan(s["ci_low"])
     assert all(math.isnan(v) for v in bootstrap_ci([[1.0]], np.median))
+
+
+def test_a_resumed_run_keeps_the_detectors_grok_step(tmp_path):
+    """A run resumed from step 1000 logs evaluations from 1100 on; its GrokDetector re-logs the restored 600."""
+    from lit_grok.population import load_run
+
+    logger = TensorBoardLogger(tmp_path, name="resumed", version=0)
+    logger.log_metrics({"grok/step": 600.0}, step=600)
+    for s in (1100, 1200):
+        logger.log_metrics({"val/acc": 0.97}, step=s - 1)
+    logger.finalize("success")
+    folder = tmp_path / "resumed" / "version_0"
+    (folder / "config.yaml").write_text(yaml.safe_dump({"callbacks": {"grok": {
+        "class_path": "callbacks.GrokDetector", "init_args": {"monitor": "val/acc", "threshold": 0.95}}}}))
+    run = load_run(folder)
+    assert run.grok == 600 and math.isnan(run.grok_crossing) and run.regime == "unknown"

@@ -164,8 +164,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
         key = tuple(sorted((k, repr(v)) for k, v in run.config.items() if not k.startswith(UNGROUPED_PREFIXES)))
         keyed.setdefault(key, []).append(run)
     configs = [dict(key) for key in keyed]
-    differing = sorted({k for c in configs for k in set().union(*configs) if len({repr(d.get(k)) for d in configs}) > 1
-                        and k.startswith(("model.", "data.", "trainer."))})
+    differing = sorted(k for k in set().union(*configs)
+                       if k.startswith(("model.", "data.", "trainer.")) and len({d.get(k) for d in configs}) > 1)
     groups = []
     for members in keyed.values():
         hyper = [f"{k.rsplit('.', 1)[-1]}={members[0].config.get(k)}" for k in differing]

@@ -7,6 +7,7 @@ intervention) and its source. Fractions stay fractions (grad% 97.6 % is 0.976); 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Optional
 
 
@@ -19,6 +20,11 @@ class PaperValue:
     value: float
     source: str  # the method spec's section 12 row (or another section) and the reference's step / seeds
     seed: Optional[int] = None  # a single seed's value (None: the paper's summary)
+
+    @property
+    def rounding(self) -> float:
+        """Half a unit of the value's last printed digit (2.28 -> 0.005, 12 -> 0.5): the paper's number is rounded."""
+        return 0.5 * 10.0 ** min(Decimal(repr(float(self.value))).normalize().as_tuple().exponent, 0)
 
 
 def _rows(metric: str, task: str, regime: str, source: str, **by_phase: float) -> list[PaperValue]:
@@ -70,7 +76,7 @@ PAPER_VALUES: tuple[PaperValue, ...] = (
     *_rows("fourier/layer_1/ref_omega_star", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0),
     *_rows("fourier/layer_1/ref_top1", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0.771),
     *_rows("fourier/layer_1/ref_top3", "dyck", "memo", "spec 12 row 18 (step 5000)", final=0.917),
-    *_rows("attention/encoder.layers.0.self_attn/entropy_mean", "dyck", "grok", "spec 12 row 19 (step 5000)", final=2.28),
+    *_rows("attention/encoder.layers.0.self_attn/entropy_all", "dyck", "grok", "spec 12 row 19 (step 5000, pads included)", final=2.28),
 )
 
 

@@ -278,7 +278,7 @@ def attach_paper(row: Row, group: Group, scale: float, seed: Optional[int] = Non
     found = paper_value(row.metric, row.phase, group.task, group.regime, seed)
     if found is not None:
         row.paper, row.paper_source = found.value * scale, found.source
-        row.inside_ci = inside(row.paper, row.stats["ci_low"], row.stats["ci_high"])
+        row.inside_ci = inside(row.paper, row.stats["ci_low"], row.stats["ci_high"], found.rounding * scale)
 
 
 def build_rows(groups: list[Group], mode: str = "aligned", memo_grok: Optional[float] = None) -> list[Row]:

@@ -55,8 +55,8 @@ def ratio_of_means_ci(numerator: Sequence[float], denominator: Sequence[float], 
     return bootstrap_ci([numerator, denominator], lambda a, b: float(a.mean() / b.mean()), seed=seed)
 
 
-def inside(value: float, low: float, high: float) -> bool | None:
-    """Whether ``value`` lies in [low, high]; None when the interval does not exist."""
+def inside(value: float, low: float, high: float, rounding: float = 0.0) -> bool | None:
+    """Whether ``value`` ± ``rounding`` meets [low, high]; None when the interval does not exist."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return None
-    return bool(low <= value <= high)
+    return bool(low - rounding <= value <= high + rounding)

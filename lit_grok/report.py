@@ -1,7 +1,10 @@
-"""``lit-grok report RUN_DIR``: the numbers and pictures of a run, read back from its TensorBoard events.
+"""``lit-grok report RUN_OR_SWEEP_DIR...``: the numbers and pictures of runs, read back from their TensorBoard events.
 
-Prints the grok step and the spectral-edge scalars at chosen steps, and draws the lifecycle figure
-(task accuracy, σ_k, grad% along v_k, |cos(θ, v_k)|) with the grok step marked.
+Population form (default): runs grouped by configuration, seeds as replicates, the paper's tables at each run's
+own phases with mean, std and intervals across seeds, the paper's values beside them, and the figures
+(``lit_grok.population``). Per-run form (``--steps`` / ``--tags`` / ``--window`` / ``--figure``): the grok step
+and the spectral-edge scalars at chosen steps, and the lifecycle figure (task accuracy, σ_k, grad% along v_k,
+|cos(θ, v_k)|) with the grok step marked.
 """
 from __future__ import annotations
 
@@ -121,20 +124,40 @@ def lifecycle_figure(scalars: dict, out: Path) -> Path:
     return out
 
 
+PER_RUN_STEPS = [300, 600, 1500, 4000]
+PER_RUN_TAGS = ["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
+
+
 def report_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="lit-grok report", description=__doc__)
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (logs/dyck/version_0), or folders of runs (logs/dyck)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[300, 600, 1500, 4000], help="steps to tabulate")
-    parser.add_argument(
-        "--tags", nargs="+", default=["val/acc", "edge/grad_frac_v1", "edge/cos_theta_v1", "edge/g23", "update/theta_norm"]
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_OR_SWEEP_DIR",
+                        help="run folders (logs/dyck/version_0), or folders of runs (a sweep's --out)")
+    per_run = parser.add_argument_group("per-run form (any of these options selects it)")
+    per_run.add_argument("--steps", type=int, nargs="+", default=None, help=f"steps to tabulate (default {PER_RUN_STEPS})")
+    per_run.add_argument("--tags", nargs="+", default=None, help=f"tags to tabulate (default {' '.join(PER_RUN_TAGS)})")
+    per_run.add_argument(
+        "--window", type=int, default=None, help="tabulate the median over steps s − WINDOW .. s (0: the value at s)"
     )
-    parser.add_argument(
-        "--window", type=int, default=0, help="tabulate the median over steps s − WINDOW .. s (0: the value at s)"
-    )
-    parser.add_argument("--figure", default=None, help="PNG path for a single run (default: RUN_DIR/lifecycle.png)")
+    per_run.add_argument("--figure", default=None, help="PNG path for a single run (default: RUN_DIR/lifecycle.png)")
+    population = parser.add_argument_group("population form (the default)")
+    population.add_argument("--out", default=None, help="folder for report.md/json/csv and the figures (default: the first folder)")
+    population.add_argument("--phases", choices=("aligned", "reference"), default="aligned",
+                            help="aligned: offsets from each run's grok step; reference: the reference scripts' fixed steps")
+    population.add_argument("--memo-grok", default="reference", metavar="reference|median|STEP",
+                            help="runs that never grok: the reference's fixed steps, the median grok step of the "
+                                 "grokking runs, or a step (aligned phases only)")
+    population.add_argument("--no-figures", action="store_true", help="tables only")
     args = parser.parse_args(argv)
-    if args.window < 0:
+    if args.window is not None and args.window < 0:
         parser.error(f"--window must be >= 0, got {args.window}")
+    if args.memo_grok not in ("reference", "median") and not args.memo_grok.isdigit():
+        parser.error(f"--memo-grok must be reference, median or a step, got {args.memo_grok!r}")
+    if args.steps is None and args.tags is None and args.window is None and args.figure is None:
+        from lit_grok.population import population_report
+
+        print(population_report(args.run_dirs, args.out, args.phases, args.memo_grok, figures=not args.no_figures))
+        return
+    steps, tags, window = args.steps or PER_RUN_STEPS, args.tags or PER_RUN_TAGS, args.window or 0
     if args.figure and len(args.run_dirs) > 1:
         parser.error("--figure names one file; with several runs each figure goes to RUN_DIR/lifecycle.png")
     runs = [run for path in args.run_dirs for run in find_runs(path)]
@@ -144,12 +167,12 @@ def report_main(argv: list[str] | None = None) -> None:
         raise ConfigurationError(f"--figure {args.figure}: folder {Path(args.figure).parent} does not exist; create it first")
     all_scalars = [(run, read_scalars(run)) for run in runs]
     known = set().union(*(scalars for _, scalars in all_scalars))
-    unknown = [tag for tag in args.tags if tag not in known]
+    unknown = [tag for tag in tags if tag not in known]
     if unknown:
         raise ConfigurationError(f"--tags {' '.join(unknown)}: not logged by {'this run' if len(runs) == 1 else 'these runs'}; "
                                  f"logged tags: {' '.join(sorted(known))}")
     for run_dir, scalars in all_scalars:
         print(f"== {run_dir}")
-        print(summary(scalars, args.steps, args.tags, args.window))
+        print(summary(scalars, steps, tags, window))
         figure = lifecycle_figure(scalars, Path(args.figure or Path(run_dir) / "lifecycle.png"))
         print(f"figure: {figure}")

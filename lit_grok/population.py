@@ -20,6 +20,8 @@ import numpy as np
 import yaml
 
 from lit_grok.callbacks import ConfigurationError
+from lit_grok.callbacks.functional.table7 import table7_from_scalars
+from lit_grok.callbacks.functional.universality import classify_from_scalars
 from lit_grok.paper_values import paper_value
 from lit_grok.phases import ALIGNED, PHASE_ORDER, REFERENCE, flip_and_return, grok_crossing, phase_steps
 from lit_grok.report import find_runs, read_scalars, value_at
@@ -205,6 +207,31 @@ def mean_rotation(run: Run) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
+def grok_or_none(run: Run) -> Optional[int]:
+    return None if math.isnan(run.grok) else int(run.grok)
+
+
+def table7_value(variant: str, key: str) -> Callable[[Run], float]:
+    """A number of the run's Table-7 row (docs/methods.md §4.7; controls: the reference's control rule)."""
+    def extract(run: Run) -> float:
+        rows = table7_from_scalars(run.scalars, grok_or_none(run))
+        value = rows[variant].get(key) if rows["status"] == "ok" else None
+        return math.nan if value is None else float(value)
+    return extract
+
+
+def universality(run: Run) -> dict[str, Any]:
+    """The run's class by the written-down criterion (docs/methods.md §11.4); unavailable without grok."""
+    return classify_from_scalars(run.scalars, grok_or_none(run))
+
+
+def universality_mean(name: str) -> Callable[[Run], float]:
+    def extract(run: Run) -> float:
+        found = universality(run)
+        return float(found["statistics"][name]["mean"]) if found["status"] == "ok" else math.nan
+    return extract
+
+
 RUN_ENTRIES: list[RunEntry] = [
     RunEntry("Grok and flip", "grok_step", lambda r: r.grok),
     RunEntry("Grok and flip", "grok_crossing", lambda r: r.grok_crossing),
@@ -212,6 +239,14 @@ RUN_ENTRIES: list[RunEntry] = [
     RunEntry("Grok and flip", "flip_return", lambda r: r.flip_return),
     RunEntry("Grok and flip", "flip_minus_grok", lambda r: r.flip - r.grok),
     RunEntry("Grok and flip", "rotation_v1_mean", mean_rotation),
+    *(RunEntry("Table 7: g₂₃ decline to grok", f"{key}_{variant}", table7_value(variant, key))
+      for variant, keys in (("reference", ("decline", "g23_early", "g23_grok", "R_early", "R_grok")),
+                            ("robust", ("decline", "g23_early", "g23_grok")))
+      for key in keys),
+    RunEntry("Table 7: g₂₃ decline to grok", "k_star_mode", table7_value("reference", "k_star_mode")),
+    RunEntry("Table 7: g₂₃ decline to grok", "k_star_frac_1", table7_value("reference", "k_star_frac_1")),
+    *(RunEntry("Universality statistics (after grok)", name, universality_mean(name))
+      for name in ("grad_frac_v1", "rotation_v1_deg", "func_r2_v1")),
 ]
 
 PHASE_ENTRIES: list[PhaseEntry] = [
@@ -394,6 +429,19 @@ def markdown(groups: list[Group], rows: list[Row], contrasts: list[dict[str, Any
             lines += ["", "Intervals are across seeds (one Δacc per seed). ablation.json keeps token-level paired counts "
                       "(lost / gained of its trials) and no per-sequence outcomes, so a within-run sequence-level "
                       "interval cannot be formed from it."]
+    lines += ["", "## Universality class per run (docs/methods.md §11.4: compression ⇔ grad% v₁ < 10 %, Func R² < 0.2, "
+              "rotation < 10°; functional ⇔ grad% > 90 %, Func R² > 0.9; else mixed; means after grok)", "",
+              "| group | seed | class | intervals on one side | grad% v₁ | rotation v₁ (°) | Func R² v₁ |", "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        for r in g.runs:
+            found = universality(r)
+            if found["status"] != "ok":
+                lines.append(f"| {g.label} | {r.seed} | – ({found['reason']}) | | | | |")
+                continue
+            st = found["statistics"]
+            lines.append(f"| {g.label} | {r.seed} | {found['class']} | {'yes' if found['certain'] else 'no'} | "
+                         f"{fmt(100 * st['grad_frac_v1']['mean'])} | {fmt(st['rotation_v1_deg']['mean'])} | "
+                         f"{fmt(st['func_r2_v1']['mean'])} |")
     if contrasts:
         lines += ["", "## memo / grok ratios of means (bootstrap 95 % CI over seeds)", "",
                   "| metric | phase | ratio | CI |", "|---|---|---|---|"]

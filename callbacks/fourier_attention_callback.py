@@ -321,12 +321,14 @@ class FourierAttentionCallback(ScheduledCallback):
         if token_ids is not None:
             ratio = token_ratio(f, token_ids, self.token_pair)
             out["token_pair"], out["token_ratio"] = ratio["pair"], ratio["ratio"]
-        if len({tuple(x.shape[1:]) for x in fields}) == 1:
+        positions = int(torch.cat(mask).any(0).sum()) if len({tuple(x.shape[1:]) for x in fields}) == 1 else 0
+        if positions >= 2:
             pos = positional_field_spectrum(torch.cat(fields), torch.cat(mask))
             out.update({"pos_power": pos["power"], "pos_F": pos["F"], "pos_omega_star": pos["omega_star"]})
         else:
+            why = (f"the target has {positions} valid position(s)" if positions else "batches of different lengths")
             out.update({"pos_power": None, "pos_F": math.nan, "pos_omega_star": math.nan,
-                        "pos_reason": "batches of different lengths: no positional spectrum"})
+                        "pos_reason": f"{why}: no positional spectrum"})
         return out
 
     @override

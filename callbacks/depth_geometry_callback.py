@@ -9,18 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 from typing_extensions import override
 
 from .functional.depth_geometry import depth_geometry
-from .functional.probe import token_samples
 from .utils.errors import ConfigurationError, bad_input_is_configuration
-from .utils.evaluation import eval_mode, evaluation_batches, require_evaluable
-from .utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
-from .utils.protocols import ProbeableModule
+from .utils.hidden_states import module_aliases
 from .utils.results import write_results
 from .utils.schedule import ScheduledCallback
+from .utils.token_probes import check_token_probe, collect_token_samples
 from .utils.trainer import log_scalars
 
 SCALARS = ("r2_in_sample", "r2_heldout", "pca1_share", "mean_distance", "distance_over_spread")
@@ -97,42 +93,20 @@ class DepthGeometryCallback(ScheduledCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check the module, the module names and the target before the first step."""
-        require_evaluable(pl_module, "DepthGeometryCallback")
-        if not isinstance(pl_module, ProbeableModule):
-            raise ConfigurationError("DepthGeometryCallback needs the LightningModule to define `probe_targets(batch)` "
-                                     "(callbacks.utils.protocols)")
-        resolve_modules(pl_module, list(self.modules.values()), "DepthGeometryCallback")
-        batch = evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0]
-        if require_target(pl_module.probe_targets(batch), self.target, "DepthGeometryCallback").categorical:
+        found = check_token_probe(trainer, pl_module, self.modules, self.target, self.dataloader_idx, "DepthGeometryCallback")
+        if found.categorical:
             raise ConfigurationError(f"DepthGeometryCallback: target {self.target!r} is categorical; name a regression "
                                      "target (its levels must be ordered)")
-
-    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """({alias: features [n, D]}, values [n], groups [n]) of the first ``max_sequences`` sequences."""
-        names = list(self.modules.values())
-        feats: dict[str, list] = {alias: [] for alias in self.modules}
-        values, groups = [], []
-        batches = evaluation_batches(trainer, pl_module, self.dataloader_idx)
-        with eval_mode(pl_module), torch.no_grad():
-            for seen in captured_sequences(pl_module, batches, names, "DepthGeometryCallback",
-                                           max_sequences=self.max_sequences, with_targets=True):
-                target = require_target(seen.targets, self.target, "DepthGeometryCallback")
-                for alias, name in self.modules.items():
-                    with bad_input_is_configuration(f"DepthGeometryCallback (module {name!r})"):
-                        x, y, g = token_samples(seen.outputs[name], target)
-                    feats[alias].append(x)
-                values.append(y)
-                groups.append(g)
-        return {alias: np.concatenate(x) for alias, x in feats.items()}, np.concatenate(values), np.concatenate(groups)
 
     @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         """One record per module."""
-        data, values, groups = self.collect(trainer, pl_module)
+        samples = collect_token_samples(trainer, pl_module, self.modules, self.target, self.dataloader_idx,
+                                        self.max_sequences, "DepthGeometryCallback")
         metrics, records = {}, []
-        for alias, features in data.items():
+        for alias, features in samples.features.items():
             with bad_input_is_configuration("DepthGeometryCallback"):
-                geometry = depth_geometry(features, values, groups, self.ridge_alpha, self.standardize,
+                geometry = depth_geometry(features, samples.values, samples.groups, self.ridge_alpha, self.standardize,
                                           self.test_fraction, self.seed)
             metrics.update({f"depth_geometry/{alias}/{key}": geometry[key] for key in SCALARS})
             records.append({"module": alias, **geometry})

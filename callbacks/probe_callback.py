@@ -8,17 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
-import torch
 from typing_extensions import override
 
-from .functional.probe import PROBE_KINDS, run_probes, token_samples
+from .functional.probe import PROBE_KINDS, run_probes
 from .utils.errors import ConfigurationError, bad_input_is_configuration
-from .utils.evaluation import eval_mode, evaluation_batches, require_evaluable
-from .utils.hidden_states import captured_sequences, module_aliases, require_target, resolve_modules
-from .utils.protocols import ProbeableModule
+from .utils.hidden_states import module_aliases
 from .utils.results import write_results
 from .utils.schedule import ScheduledCallback
+from .utils.token_probes import check_token_probe, collect_token_samples
 from .utils.trainer import log_scalars
 
 
@@ -108,43 +105,17 @@ class ProbeCallback(ScheduledCallback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check the module, the module names and the target before the first step."""
-        require_evaluable(pl_module, "ProbeCallback")
-        if not isinstance(pl_module, ProbeableModule):
-            raise ConfigurationError("ProbeCallback needs the LightningModule to define `probe_targets(batch)` (callbacks.utils.protocols)")
-        resolve_modules(pl_module, list(self.modules.values()), "ProbeCallback")
-        batch = evaluation_batches(trainer, pl_module, self.dataloader_idx, max_batches=1)[0]
-        require_target(pl_module.probe_targets(batch), self.target, "ProbeCallback")
-
-    def collect(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, bool]:
-        """({alias: features [n, D]}, values [n], groups [n], categorical) of the first ``max_sequences`` sequences."""
-        names = list(self.modules.values())
-        feats: dict[str, list] = {alias: [] for alias in self.modules}
-        values, groups, categorical = [], [], None
-        batches = evaluation_batches(trainer, pl_module, self.dataloader_idx)
-        with eval_mode(pl_module), torch.no_grad():
-            for seen in captured_sequences(pl_module, batches, names, "ProbeCallback", max_sequences=self.max_sequences,
-                                           with_targets=True):
-                target = require_target(seen.targets, self.target, "ProbeCallback")
-                for alias, name in self.modules.items():
-                    with bad_input_is_configuration(f"ProbeCallback (module {name!r})"):
-                        x, y, g = token_samples(seen.outputs[name], target)
-                    feats[alias].append(x)
-                values.append(y)
-                groups.append(g)
-                categorical = target.categorical
-        data = {alias: np.concatenate(x) for alias, x in feats.items()}
-        return data, np.concatenate(values), np.concatenate(groups), bool(categorical)
+        check_token_probe(trainer, pl_module, self.modules, self.target, self.dataloader_idx, "ProbeCallback")
 
     @override
     def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[dict[str, Any]]:
         """One record per (module, probe) with its held-out score."""
-        data, values, groups, categorical = self.collect(trainer, pl_module)
+        samples = collect_token_samples(trainer, pl_module, self.modules, self.target, self.dataloader_idx,
+                                        self.max_sequences, "ProbeCallback")
         metrics, records = {}, []
-        for alias, features in data.items():
+        for alias, features in samples.features.items():
             with bad_input_is_configuration("ProbeCallback"):
-                found = run_probes(features, values, groups, categorical, self.probes, self.test_fraction, self.seed,
+                found = run_probes(features, samples.values, samples.groups, samples.categorical, self.probes, self.test_fraction, self.seed,
                                    self.max_tokens, self.ridge_alpha, self.quadratic_alpha, self.standardize)
             for res in found:
                 metrics[f"probe/{alias}/{res.kind}_{res.metric}"] = res.value

@@ -111,7 +111,7 @@ def sweep(configs: Sequence[str], trials: Sequence[Trial], extra: Sequence[str],
     for t in todo:
         resumed = " (resuming from its last checkpoint)" if t.resumable else ""
         pending[task.remote(t.command(configs, extra, out), str(t.folder), timeout)] = t
-        print(f"[start] {t.name}{resumed}", flush=True)
+        print(f"[queued] {t.name}{resumed}", flush=True)
     results = []
     while pending:
         (ref,), _ = ray.wait(list(pending))

@@ -30,7 +30,7 @@ def test_a_two_by_two_sweep_runs_then_skips(tmp_path, capsys):
             "--out", str(out), "--trial-timeout=400", *TINY]
     main(args)
     printed = capsys.readouterr().out
-    assert printed.count("[start]") == 4 and "4 trials: 4 finished, 0 failed" in printed
+    assert printed.count("[queued]") == 4 and "4 trials: 4 finished, 0 failed" in printed
     for name, wd in (("seed=1,weight_decay=1.0", 1.0), ("seed=2,weight_decay=0.0", 0.0)):
         run = out / name / "version_0"
         assert json.loads((run / "done.json").read_text())["rc"] == 0
@@ -41,4 +41,4 @@ def test_a_two_by_two_sweep_runs_then_skips(tmp_path, capsys):
 
     main(args)  # a rerun: everything finished, nothing runs
     printed = capsys.readouterr().out
-    assert printed.count("[skip]") == 4 and "[start]" not in printed
+    assert printed.count("[skip]") == 4 and "[queued]" not in printed

@@ -10,16 +10,19 @@ from typing import Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from torch import Tensor
 from typing_extensions import override
 
 from .functional.ablation import random_subspace
+from .functional.fourier_attention import head_entropy
 from .functional.perturbation import (
-    exact_curvatures, kl_divergence, second_difference,
+    exact_curvatures, kl_divergence, qk_commutator, second_difference,
 )
 from .utils.causal import CausalTestCallback, check_directions, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable
 from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
+from .utils.hidden_states import attention_modules, captured_attention
 from .utils.param_selection import split_like
 from .utils.results import unavailable
 
@@ -52,6 +55,9 @@ class PerturbationCallback(CausalTestCallback):
         eps_mode: "absolute" (ε in parameter units; directions are unit vectors) or "relative" (ε·‖θ‖).
         curvature: also compute exact vᵀHv and the finite-difference estimate.
         fd_scale: the finite difference uses ε = fd_scale·‖θ‖ (the reference's 1e-3).
+        attention_curves: also record, at every ε, the attention entropy (mean over sequences, heads, every query,
+            pads included, then over the ``nn.MultiheadAttention`` modules) and ‖W_Q W_K − W_K W_Q‖_F (mean over
+            the modules with an ``in_proj_weight``), the reference's ε-sweep curves.
         dataloader_idx: validation dataloader to evaluate on.
         max_batches: evaluate on the first this many batches of it (None: all).
         json_path: where to write ``results`` at fit end; default ``{log_dir}/perturbation.json``
@@ -82,6 +88,7 @@ class PerturbationCallback(CausalTestCallback):
         eps_mode: Literal["absolute", "relative"] = "absolute",
         curvature: bool = True,
         fd_scale: float = 1e-3,
+        attention_curves: bool = False,
         dataloader_idx: int = 0,
         max_batches: int | None = None,
         json_path: str | None = None,
@@ -101,11 +108,19 @@ class PerturbationCallback(CausalTestCallback):
         self.eps_mode = eps_mode
         self.curvature = curvature
         self.fd_scale = fd_scale
+        self.attention_curves = attention_curves
 
     @property
     @override
     def state_key(self) -> str:
         return named_state_key(self, directions=self.directions, eps=self.eps, eps_mode=self.eps_mode)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Find the recorder and the spectrum; with ``attention_curves``, the attention modules too."""
+        super().on_fit_start(trainer, pl_module)
+        if self.attention_curves:
+            attention_modules(pl_module, None, "PerturbationCallback")
 
     @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:
@@ -136,12 +151,17 @@ class PerturbationCallback(CausalTestCallback):
                 with perturbed(params, split_like(theta + eps * direction, params)):
                     return evaluate(pl_module, data, keep_outputs=keep_outputs)
 
+            def attention_at(direction: Tensor, eps: float) -> dict[str, float]:
+                with perturbed(params, split_like(theta + eps * direction, params)):
+                    return attention_state(pl_module, batches)
+
             for name, (d, info) in found.items():
                 curve = []
                 for e in self.eps:
                     ev = at(d, e * scale)
                     curve.append({"eps": e, "eps_abs": e * scale, "loss": ev.loss, "accuracy": ev.accuracy,
-                                  "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts)})
+                                  "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts),
+                                  **(attention_at(d, e * scale) if self.attention_curves else {})})
                 entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
                 if self.curvature:
                     plus, minus = at(d, fd_eps, False).loss, at(d, -fd_eps, False).loss
@@ -190,4 +210,18 @@ class PerturbationCallback(CausalTestCallback):
     @override
     def settings(self) -> dict[str, Any]:
         return {"directions": self.directions, "n_random": self.n_random, "eps": self.eps,
-                "eps_mode": self.eps_mode, "fd_scale": self.fd_scale}
+                "eps_mode": self.eps_mode, "fd_scale": self.fd_scale, "attention_curves": self.attention_curves}
+
+
+@torch.no_grad()
+def attention_state(pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, float]:
+    """Attention entropy of every ``nn.MultiheadAttention`` on ``batches`` (mean over sequences, heads and every
+    query, pads included; then over modules) and the mean W_Q/W_K commutator norm (docs/methods.md §6.1)."""
+    modules = attention_modules(pl_module, None, "PerturbationCallback")
+    with captured_attention(pl_module, None, "PerturbationCallback") as store:
+        for batch in batches:
+            pl_module.labelled_logits(batch)
+    entropy = [float(head_entropy(torch.cat(store[name]), None).mean()) for name in modules]  # [H] per module, meaned
+    commutators = [qk_commutator(m.in_proj_weight) for m in modules.values() if m.in_proj_weight is not None]
+    return {"attention_entropy": float(np.mean(entropy)),
+            "qk_commutator": float(np.mean(commutators)) if commutators else math.nan}

@@ -230,3 +230,46 @@ def test_missing_spectrum_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="no GramSpectrum"):
         trainer.fit(TinyAttention())
     assert trainer.global_step == 0
+
+
+def brute_attention(state, names, theta, x):
+    """(mean attention entropy over sequences, heads and every query; ‖W_Q W_K − W_K W_Q‖_F) of TinyAttention by
+    numpy, with the selection set to ``theta``."""
+    state = {k: v.numpy().copy() for k, v in state.items()}
+    offset = 0
+    for n in names:
+        size = state[n].size
+        state[n] = theta[offset : offset + size].reshape(state[n].shape)
+        offset += size
+    w, b = state["attn.in_proj_weight"], state["attn.in_proj_bias"]
+    d = w.shape[1]
+    heads, dh = 2, d // 2
+    h = state["emb.weight"][x.numpy()]  # [B, T, d]
+    q, k = h @ w[:d].T + b[:d], h @ w[d : 2 * d].T + b[d : 2 * d]
+    T = x.shape[1]
+    q, k = (z.reshape(len(x), T, heads, dh).transpose(0, 2, 1, 3) for z in (q, k))  # [B, H, T, dh]
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(dh) + np.triu(np.full((T, T), -np.inf), 1)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    entropy = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(-1).mean()
+    wq, wk = w[:d], w[d : 2 * d]
+    return entropy, np.linalg.norm(wq @ wk - wk @ wq)
+
+
+def test_attention_curves_match_numpy(tmp_path):
+    cb = PerturbationCallback(steps=[4], directions=[1], n_random=1, seed=9, eps=EPS, curvature=False,
+                              attention_curves=True)
+    trainer, model, spy, _ = fit_tiny([cb], max_steps=5, root=str(tmp_path))
+    (r,) = cb.results
+    state, names = spy.state[4], spy.names
+    theta = flat(state, names)
+    x = torch.cat([xb for xb, _ in model.val_dataloader()])
+    assert cb.settings()["attention_curves"] is True
+    for name, entry in r["directions"].items():
+        d = brute_direction(spy, 4, name)
+        for point in entry["curve"]:
+            entropy, commutator = brute_attention(state, names, theta + point["eps"] * d, x)
+            assert point["attention_entropy"] == pytest.approx(entropy, rel=1e-9)
+            assert point["qk_commutator"] == pytest.approx(commutator, rel=1e-9)
+    moved = [p["qk_commutator"] for p in r["directions"]["v1"]["curve"]]
+    assert len(set(moved)) > 1  # the sweep moves W_Q / W_K

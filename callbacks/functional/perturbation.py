@@ -24,6 +24,14 @@ def kl_divergence(log_p: Tensor, log_q: Tensor, counts: Tensor | None = None) ->
     return float(kl.mean() if counts is None else (kl * counts).sum() / counts.sum())
 
 
+def qk_commutator(in_proj_weight: Tensor) -> float:
+    """‖W_Q W_K − W_K W_Q‖_F of the d×d query and key blocks (the first two d-row blocks) of an attention
+    in-projection [3d, d] (docs/methods.md §6.1)."""
+    d = in_proj_weight.shape[1]
+    q, k = in_proj_weight[:d].double(), in_proj_weight[d : 2 * d].double()  # [d, d] each
+    return float(torch.linalg.matrix_norm(q @ k - k @ q))
+
+
 def second_difference(loss_plus: float, loss_minus: float, loss_zero: float, eps: float) -> float:
     """Central finite-difference estimate of d²L/dε² along a unit direction (docs/methods.md §6.2)."""
     return (loss_plus + loss_minus - 2.0 * loss_zero) / eps**2

@@ -21,6 +21,7 @@ from .functional.ablation import (
     radial_removal,
     random_subspace,
     ratio_interval,
+    sequence_interval,
 )
 from .utils.causal import CausalTestCallback, check_direction_sets, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable
@@ -188,6 +189,8 @@ class AblationCallback(CausalTestCallback):
             "delta_acc": counts.delta,
             "ci": list(paired_interval(counts, self.confidence)),
             "ci_for_ratio": list(paired_interval(counts, 1 - (1 - self.confidence) / 2)),
+            "ci_sequence": list(sequence_interval(base.outcomes, changed.outcomes, base.outcome_rows, base.row_copies,
+                                                  self.confidence)),
             "lost": counts.lost,
             "gained": counts.gained,
         }
@@ -252,6 +255,8 @@ class AblationCallback(CausalTestCallback):
             for key in ("delta_acc", "delta_loss", "removed_norm"):
                 out[f"ablation/{name}/{key}"] = r[key]
             out[f"ablation/{name}/delta_acc_low"], out[f"ablation/{name}/delta_acc_high"] = r["ci"]
+            if "ci_sequence" in r:
+                out[f"ablation/{name}/delta_acc_seq_low"], out[f"ablation/{name}/delta_acc_seq_high"] = r["ci_sequence"]
         for kind, r in result["ratios"].items():
             out[f"ablation/control_{kind}/ratio"] = r["ratio"]
         if "one_direction" in result:

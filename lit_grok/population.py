@@ -426,9 +426,9 @@ def markdown(groups: list[Group], rows: list[Row], contrasts: list[dict[str, Any
                 lines.append(f"- {row.group}: median flip − grok {fmt(row.stats['median'])} steps, bootstrap 95 % CI "
                              f"[{fmt(row.stats['median_ci_low'])}, {fmt(row.stats['median_ci_high'])}]")
         if section == "Ablation Δacc":
-            lines += ["", "Intervals are across seeds (one Δacc per seed). ablation.json keeps token-level paired counts "
-                      "(lost / gained of its trials) and no per-sequence outcomes, so a within-run sequence-level "
-                      "interval cannot be formed from it."]
+            lines += ["", "Intervals are across seeds (one Δacc per seed). Within one run, ablation.json's `ci_sequence` "
+                      "(tags `ablation/<set>/delta_acc_seq_low|high`) is the sequence-clustered interval: the tokens of "
+                      "a sequence are not independent trials."]
     lines += ["", "## Universality class per run (docs/methods.md §11.4: compression ⇔ grad% v₁ < 10 %, Func R² < 0.2, "
               "rotation < 10°; functional ⇔ grad% > 90 %, Func R² > 0.9; else mixed; means after grok)", "",
               "| group | seed | class | intervals on one side | grad% v₁ | rotation v₁ (°) | Func R² v₁ |", "|---|---|---|---|---|---|---|"]

@@ -285,3 +285,35 @@ def test_state_dict_round_trip(fitted):
     fresh.load_state_dict(cb.state_dict())
     assert fresh.results == cb.results and fresh.schedule.done == {"step_2", "step_4", "step_8", "grok+0"}
     assert fresh.state_key == cb.state_key != AblationCallback(steps=[1], sets={"bulk": [3, 4]}).state_key
+
+
+def test_sequence_interval_is_the_cluster_robust_ratio_interval_and_copies_equal_repeated_sequences():
+    from scipy.stats import norm as normal
+
+    from callbacks.functional.ablation import sequence_interval
+
+    rng = np.random.default_rng(3)
+    n_tokens = rng.integers(1, 6, size=12)  # trials per sequence
+    rows = np.repeat(np.arange(12), n_tokens)
+    base = rng.random(len(rows)) < 0.8
+    changed = np.where(rng.random(len(rows)) < 0.3, ~base, base)
+    copies = rng.integers(1, 4, size=12)
+    got = sequence_interval(torch.from_numpy(base), torch.from_numpy(changed), torch.from_numpy(rows),
+                            torch.from_numpy(copies), 0.95)
+    # brute force: every sequence written out as often as it occurs, then the textbook cluster-robust ratio variance
+    keep = np.concatenate([np.flatnonzero(rows == i) for i in range(12) for _ in range(copies[i])])
+    cluster = np.concatenate([[j] * n_tokens[i] for j, i in enumerate(i for i in range(12) for _ in range(copies[i]))])
+    b, c = base[keep], changed[keep]
+    d = np.bincount(cluster, weights=c.astype(float) - b.astype(float))
+    n = np.bincount(cluster).astype(float)
+    delta, m = d.sum() / n.sum(), len(d)
+    sd = np.sqrt(m / (m - 1) * np.sum((d - delta * n) ** 2)) / n.sum()
+    z = normal.ppf(0.975)
+    assert got == pytest.approx((delta - z * sd, delta + z * sd), rel=1e-12)
+    # sequences whose tokens all move together are less independent than tokens: a wider interval than Agresti-Min
+    together = np.repeat(rng.random(12) < 0.3, n_tokens)
+    flip = sequence_interval(torch.ones(len(rows), dtype=torch.bool), torch.from_numpy(~together),
+                             torch.from_numpy(rows), torch.ones(12, dtype=torch.long), 0.95)
+    counts = paired_counts(torch.ones(len(rows), dtype=torch.bool), torch.from_numpy(~together))
+    token = paired_interval(counts, 0.95)
+    assert flip[1] - flip[0] > token[1] - token[0]

@@ -71,6 +71,25 @@ def paired_counts(base: Tensor, changed: Tensor, counts: Tensor | None = None) -
     return PairedCounts(lost, gained, int(counts.sum()))
 
 
+def sequence_interval(base: Tensor, changed: Tensor, rows: Tensor, row_copies: Tensor,
+                      confidence: float) -> tuple[float, float]:
+    """Interval for Δacc = Σ(changed − base) / n that treats each sequence as one unit (its trials move together):
+    the cluster-robust variance of a ratio estimator, m/(m − 1)·Σ_i c_i (d_i − Δ n_i)² / N², with d_i the gained −
+    lost trials of sequence i, n_i its trials, c_i its copies [R], m = Σ c_i sequences, N = Σ c_i n_i.
+    base, changed [K] bool per kept trial; rows [K] int64: the sequence of each (docs/methods.md §7.3)."""
+    R = len(row_copies)
+    d = torch.zeros(R, dtype=torch.float64).index_add_(0, rows, changed.double() - base.double())  # [R]
+    n = torch.zeros(R, dtype=torch.float64).index_add_(0, rows, torch.ones_like(rows, dtype=torch.float64))  # [R]
+    c = row_copies.double()
+    m, total = float(c.sum()), float((c * n).sum())
+    delta = float((c * d).sum()) / total
+    if m < 2:
+        return math.nan, math.nan
+    sd = math.sqrt(m / (m - 1) * float((c * (d - delta * n) ** 2).sum())) / total
+    z = norm.ppf(0.5 + confidence / 2)
+    return max(delta - z * sd, -1.0), min(delta + z * sd, 1.0)
+
+
 def paired_interval(counts: PairedCounts, confidence: float) -> tuple[float, float]:
     """Agresti–Min adjusted Wald interval for a difference of paired proportions (Stat. Med. 2005).
 

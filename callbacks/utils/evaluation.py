@@ -76,6 +76,8 @@ class Evaluation:
     log_probs: Tensor | None = None  # [N, C] float64 log-softmax of every kept labelled token (only with keep_outputs)
     outcome_counts: Tensor | None = None  # [K] int64: trials each kept outcome stands for (distinct rows); None: 1 each
     token_counts: Tensor | None = None  # [N] int64: the same for the rows of log_probs; None: 1 each
+    outcome_rows: Tensor | None = None  # [K] int64: the evaluated row (sequence) of each kept outcome
+    row_copies: Tensor | None = None  # [R] int64: how many sequences each evaluated row stands for
 
     @property
     def token_acc(self) -> float:
@@ -119,7 +121,7 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
     keeps per-trial outcomes (paired intervals) and log-probabilities (KL) with their counts."""
     data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
     loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
-    outcomes, log_probs, outcome_counts, token_counts = [], [], [], []
+    outcomes, log_probs, outcome_counts, token_counts, outcome_rows, row_copies = [], [], [], [], [], []
     for i, batch in enumerate(data.batches):
         logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
@@ -143,9 +145,13 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
             outcome_counts.append(counts if token_metric else rows)
             log_probs.append(F.log_softmax(logits.double(), dim=-1))
             token_counts.append(counts)
+            offset = sum(len(r) for r in row_copies)
+            outcome_rows.append(offset + (seq if token_metric else torch.arange(n_seq, device=seq.device)))
+            row_copies.append(rows)
     evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
     if keep_outputs:
         evaluation.outcomes, evaluation.log_probs = torch.cat(outcomes), torch.cat(log_probs)
+        evaluation.outcome_rows, evaluation.row_copies = torch.cat(outcome_rows), torch.cat(row_copies)
         if data.row_counts is not None:
             evaluation.outcome_counts, evaluation.token_counts = torch.cat(outcome_counts), torch.cat(token_counts)
     return evaluation

@@ -51,8 +51,27 @@ class ToyEncoder(pl.LightningModule):
         return nn.Transformer.generate_square_subsequent_mask(T, device=self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(self.embed(x), mask=self.causal_mask(x.shape[1]), is_causal=True)
-        return self.head(self.ln_f(h))
+        return self.head(self.final_hidden(x))
+
+    def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_f's output [B, T, d]: what the edge-response tests perturb."""
+        return self.ln_f(self.encoder(self.embed(x), mask=self.causal_mask(x.shape[1]), is_causal=True))
+
+    @torch.no_grad()
+    def manual_response(self, params: list, moved: list) -> tuple[torch.Tensor, torch.Tensor, list]:
+        """(h, h at ``moved``, the saved originals) of ``final_hidden`` on the validation data in eval mode, with
+        ``params`` set to ``moved`` for the second forward and restored after: the brute force of the edge response."""
+        x, _ = self.val_data
+        self.eval()
+        h = self.final_hidden(x)
+        saved = [p.detach().clone() for p in params]
+        for p, new in zip(params, moved):
+            p.copy_(new)
+        h2 = self.final_hidden(x)
+        for p, old in zip(params, saved):
+            p.copy_(old)
+        self.train()
+        return h, h2, saved
 
     def labelled_logits(self, batch):
         x, y = batch

@@ -204,17 +204,8 @@ def test_edge_response_matches_a_manual_perturbation_and_restores_weights(tmp_pa
             theta = recorder.flat_params().double()
             v = spectrum.directions([1])[0].double()
             eps = 0.005 * theta.norm()
-            x, y = model.val_data
-            model.eval()
-            with torch.no_grad():
-                h = model.ln_f(model.encoder(model.embed(x), mask=model.causal_mask(x.shape[1]), is_causal=True))
-                saved = [p.detach().clone() for p in params]
-                for p, new in zip(params, split_like(theta + eps * v, params)):
-                    p.copy_(new)
-                h2 = model.ln_f(model.encoder(model.embed(x), mask=model.causal_mask(x.shape[1]), is_causal=True))
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-            model.train()
+            _, y = model.val_data
+            h, h2, saved = model.manual_response(params, split_like(theta + eps * v, params))
             keep = (y != -100).numpy()
             f = ((h2 - h).double().numpy() ** 2).sum(-1)[keep]
             depth = y.numpy()[keep]

@@ -102,18 +102,7 @@ def test_callback_logs_match_a_manual_perturbation(tmp_path):
             v = spectrum.directions([1])[0].double()
             eps = 0.005 * theta.norm()
             x, y = model.val_data
-            model.eval()
-            with torch.no_grad():
-                run = lambda: model.ln_f(model.encoder(model.embed(x), mask=model.causal_mask(x.shape[1]),  # noqa: E731
-                                                       is_causal=True))
-                h = run()
-                saved = [p.detach().clone() for p in params]
-                for p, new in zip(params, split_like(theta + eps * v, params)):
-                    p.copy_(new)
-                h2 = run()
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-            model.train()
+            h, h2, _ = model.manual_response(params, split_like(theta + eps * v, params))
             keep = (y != -100).numpy()
             field = ((h2 - h).double().numpy() ** 2).sum(-1)  # [N, T]
             f, depth, tok = field[keep], y.numpy()[keep], x.numpy()[keep]

@@ -42,18 +42,8 @@ def test_per_block_response_matches_a_manual_masked_perturbation(tmp_path):
                     keep_k[b.offset + b.numel // 3 : b.offset + 2 * b.numel // 3] = True
             v_k = torch.where(keep_k, v, 0.0)
             eps = 0.005 * theta.norm()
-            x, y = model.val_data
-            forward = lambda: model.ln_f(model.encoder(model.embed(x), mask=model.causal_mask(x.shape[1]), is_causal=True))  # noqa: E731
-            model.eval()
-            with torch.no_grad():
-                h = forward()
-                saved = [p.detach().clone() for p in params]
-                for p, new in zip(params, split_like(theta + eps * v_k, params)):
-                    p.copy_(new)
-                h2 = forward()
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-            model.train()
+            _, y = model.val_data
+            h, h2, _ = model.manual_response(params, split_like(theta + eps * v_k, params))
             keep = (y != -100).numpy()
             f = ((h2 - h).double().numpy() ** 2).sum(-1)[keep]
             depth = y.numpy()[keep]

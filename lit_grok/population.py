@@ -13,6 +13,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -92,6 +93,20 @@ class Run:
         if scheduled is not None:
             return f"wd→{scheduled}" + (" reset" if reset else "")
         return "memo" if self.weight_decay == 0 else "grok" if self.weight_decay > 0 else "unknown"
+
+    @property
+    def grok_step(self) -> Optional[int]:
+        return None if math.isnan(self.grok) else int(self.grok)
+
+    @cached_property
+    def table7(self) -> dict[str, Any]:
+        """Both Table-7 rows of the run (docs/methods.md §4.7; a run that never groks: the reference's control rule)."""
+        return table7_from_scalars(self.scalars, self.grok_step)
+
+    @cached_property
+    def universality(self) -> dict[str, Any]:
+        """The run's class by the written-down criterion (docs/methods.md §11.4); unavailable without grok."""
+        return classify_from_scalars(self.scalars, self.grok_step)
 
 
 def grok_monitor(config: dict[str, Any]) -> tuple[Optional[str], float]:
@@ -207,27 +222,17 @@ def mean_rotation(run: Run) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def grok_or_none(run: Run) -> Optional[int]:
-    return None if math.isnan(run.grok) else int(run.grok)
-
-
 def table7_value(variant: str, key: str) -> Callable[[Run], float]:
-    """A number of the run's Table-7 row (docs/methods.md §4.7; controls: the reference's control rule)."""
+    """A number of the run's Table-7 row."""
     def extract(run: Run) -> float:
-        rows = table7_from_scalars(run.scalars, grok_or_none(run))
-        value = rows[variant].get(key) if rows["status"] == "ok" else None
+        value = run.table7[variant].get(key) if run.table7["status"] == "ok" else None
         return math.nan if value is None else float(value)
     return extract
 
 
-def universality(run: Run) -> dict[str, Any]:
-    """The run's class by the written-down criterion (docs/methods.md §11.4); unavailable without grok."""
-    return classify_from_scalars(run.scalars, grok_or_none(run))
-
-
 def universality_mean(name: str) -> Callable[[Run], float]:
     def extract(run: Run) -> float:
-        found = universality(run)
+        found = run.universality
         return float(found["statistics"][name]["mean"]) if found["status"] == "ok" else math.nan
     return extract
 
@@ -434,7 +439,7 @@ def markdown(groups: list[Group], rows: list[Row], contrasts: list[dict[str, Any
               "| group | seed | class | intervals on one side | grad% v₁ | rotation v₁ (°) | Func R² v₁ |", "|---|---|---|---|---|---|---|"]
     for g in groups:
         for r in g.runs:
-            found = universality(r)
+            found = r.universality
             if found["status"] != "ok":
                 lines.append(f"| {g.label} | {r.seed} | – ({found['reason']}) | | | | |")
                 continue

@@ -122,6 +122,7 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
     data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
     loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
     outcomes, log_probs, outcome_counts, token_counts, outcome_rows, row_copies = [], [], [], [], [], []
+    seq_n_kept = 0  # evaluated rows so far: the offset of this batch's row indices
     for i, batch in enumerate(data.batches):
         logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
@@ -145,9 +146,9 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
             outcome_counts.append(counts if token_metric else rows)
             log_probs.append(F.log_softmax(logits.double(), dim=-1))
             token_counts.append(counts)
-            offset = sum(len(r) for r in row_copies)
-            outcome_rows.append(offset + (seq if token_metric else torch.arange(n_seq, device=seq.device)))
+            outcome_rows.append(seq_n_kept + (seq if token_metric else torch.arange(n_seq, device=seq.device)))
             row_copies.append(rows)
+            seq_n_kept += n_seq
     evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
     if keep_outputs:
         evaluation.outcomes, evaluation.log_probs = torch.cat(outcomes), torch.cat(log_probs)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from typing_extensions import override
 
 from .functional.ablation import random_subspace
@@ -119,8 +119,9 @@ class PerturbationCallback(CausalTestCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Find the recorder and the spectrum; with ``attention_curves``, the attention modules too."""
         super().on_fit_start(trainer, pl_module)
-        if self.attention_curves:
-            attention_modules(pl_module, None, "PerturbationCallback")
+        if self.attention_curves and not any(isinstance(m, nn.MultiheadAttention) for m in pl_module.modules()):
+            raise ConfigurationError(f"PerturbationCallback(attention_curves=True): {type(pl_module).__name__} has no "
+                                     "nn.MultiheadAttention to follow; set attention_curves=False")
 
     @override
     def run(self, pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, Any]:

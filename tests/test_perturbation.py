@@ -273,3 +273,30 @@ def test_attention_curves_match_numpy(tmp_path):
             assert point["qk_commutator"] == pytest.approx(commutator, rel=1e-9)
     moved = [p["qk_commutator"] for p in r["directions"]["v1"]["curve"]]
     assert len(set(moved)) > 1  # the sweep moves W_Q / W_K
+
+
+def test_attention_curves_without_attention_modules_fail_before_training(tmp_path):
+    import lightning.pytorch as pl
+    from torch import nn
+
+    from callbacks.gram_spectrum import GramSpectrum
+    from callbacks.update_recorder import UpdateRecorder
+    from tiny_attention_model import TinyAttention
+
+    class NoAttention(TinyAttention):
+        def __init__(self):
+            super().__init__()
+            del self.attn
+            self.mix = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.emb(x)
+            return self.head(h + self.mix(h))
+
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[UpdateRecorder(params="all"), GramSpectrum(),
+                                    PerturbationCallback(steps=[1], attention_curves=True)])
+    with pytest.raises(ValueError, match=r"NoAttention has no nn.MultiheadAttention to follow; set attention_curves=False"):
+        trainer.fit(NoAttention())
+    assert trainer.global_step == 0

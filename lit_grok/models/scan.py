@@ -166,14 +166,32 @@ class ScanTransformer(GrokModule):
         return nullcontext()
 
     def length_sorted_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
-        """The batch's token-mean cross-entropy, decoded in length-sorted chunks cut after their last label:
+        """The batch's token-mean cross-entropy from the packed length-sorted decoder (``packed_logits``):
         the causal decoder gives every labelled position the logits of the padded batch (same gradient)."""
+        logits, targets, _ = self.packed_logits(src, tgt_in, tgt_out, TRAIN_CHUNK)  # [N, V], [N]
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum") / (tgt_out != IGNORE).sum()
+
+    def packed_logits(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits [N, V], targets [N], batch row [N]) of the teacher-forced decoder over length-sorted chunks of ``chunk`` rows,
+        each cut after its last label and laid end to end in one [N, D] stream: the position-wise layers run once
+        on all N positions, attention per chunk (a view of the stream). For every labelled position the logits
+        are the padded batch's: the causal mask alone already hides the padding keys (padding only trails)."""
         memory = self.encode(src)  # [B, S, D]: source padding stays, cross-attention sees it (reference)
-        summed = []
-        for rows, T in length_sorted_chunks(tgt_out, TRAIN_CHUNK):
-            logits = self.decode(tgt_in[rows, :T], memory[rows], src[rows])  # [b, T, V]
-            summed.append(F.cross_entropy(logits.flatten(0, 1), tgt_out[rows, :T].flatten(), ignore_index=IGNORE, reduction="sum"))
-        return torch.stack(summed).sum() / (tgt_out != IGNORE).sum()
+        chunks = length_sorted_chunks(tgt_out, chunk)
+        rows = torch.cat([r for r, _ in chunks])  # [B'] the rows in stream order
+        shapes = [(len(r), T) for r, T in chunks]
+        tokens = torch.cat([tgt_in[r, :T].flatten() for r, T in chunks])  # [N]
+        targets = torch.cat([tgt_out[r, :T].flatten() for r, T in chunks])  # [N]
+        positions = torch.cat([torch.arange(T, device=src.device).repeat(b) for b, T in shapes])  # [N]
+        sequence = torch.cat([r.repeat_interleave(T) for r, T in chunks])  # [N]
+        memory, memory_keep = memory[rows], (src[rows] != PAD)[:, None, None] if self.hparams.memory_padding_mask else None
+        H = self.hparams.n_heads
+        h = self.tgt_tok(tokens) + self.tgt_pos(positions)  # [N, D]
+        for layer in self.transformer.decoder.layers:  # pre-LN decoder layer (nn.TransformerDecoderLayer, norm_first)
+            h = h + packed_self_attention(layer.self_attn, layer.norm1(h), shapes, H)
+            h = h + packed_cross_attention(layer.multihead_attn, layer.norm2(h), memory, memory_keep, shapes, H)
+            h = h + layer._ff_block(layer.norm3(h))
+        return self.head(self.ln_out(self.transformer.decoder.norm(h))), targets, sequence
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         name = EVAL_SETS[dataloader_idx]
@@ -187,11 +205,11 @@ class ScanTransformer(GrokModule):
     def update_eval_metrics(self, name: str, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> None:
         """Teacher-forced metrics of eval set ``name`` from length-sorted chunks cut after their last label
         (the padded batch's logits), and on "val" greedy exact match from the incremental decoder."""
-        memory = self.encode(src)  # [B, S, D]
-        for rows, T in length_sorted_chunks(tgt_out, EVAL_CHUNK):
-            logits, targets = self.decode(tgt_in[rows, :T], memory[rows], src[rows]), tgt_out[rows, :T]  # [b, T, V], [b, T]
-            self.metrics[name].update(logits, targets)
-            self.seq_acc[name].update(((logits.argmax(-1) == targets) | (targets == IGNORE)).all(1).float())
+        logits, targets, sequence = self.packed_logits(src, tgt_in, tgt_out, EVAL_CHUNK)  # [N, V], [N], [N]
+        self.metrics[name].update(logits, targets)
+        wrong = (logits.argmax(-1) != targets) & (targets != IGNORE)  # [N]: a sequence is right without any
+        misses = torch.zeros(len(src), device=src.device).index_add_(0, sequence, wrong.float())  # [B]
+        self.seq_acc[name].update((misses == 0).float())
         if name == "val" and self.hparams.greedy_eval:
             self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
 
@@ -244,6 +262,34 @@ def self_attention_step(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor, t: i
     kv[0, :, :, t], kv[1, :, :, t] = heads(k, n_heads)[:, :, 0], heads(v, n_heads)[:, :, 0]
     out = F.scaled_dot_product_attention(heads(q, n_heads), kv[0, :, :, : t + 1], kv[1, :, :, : t + 1], attn_mask=key_keep)
     return attn.out_proj(merge_heads(out))
+
+
+def packed_self_attention(attn: nn.MultiheadAttention, x: Tensor, shapes: list[tuple[int, int]], n_heads: int) -> Tensor:
+    """Causal self-attention [N, D] of a stream ``x`` [N, D] of chunks, chunk i = ``shapes[i]`` (rows b, length T)
+    laid out row-major: one input and one output projection over the stream, attention per chunk."""
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [N, 3 D]
+    out = [F.scaled_dot_product_attention(*block.unflatten(-1, (3, n_heads, -1)).permute(2, 0, 3, 1, 4), is_causal=True)
+           for block in chunk_views(qkv, shapes)]  # [b, H, T, dh] each
+    return attn.out_proj(torch.cat([o.transpose(1, 2).flatten(0, 1).flatten(1) for o in out]))
+
+
+def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tensor, memory_keep: Tensor | None,
+                           shapes: list[tuple[int, int]], n_heads: int) -> Tensor:
+    """Cross-attention [N, D] of a chunk stream ``x`` [N, D] to ``memory`` [B', S, D] (row j = the stream's j-th row),
+    ``memory_keep`` [B', 1, 1, S] or None (the reference attends to every source position)."""
+    q = F.linear(x, *q_projection(attn))  # [N, D]
+    k, v = kv_heads(attn, memory, n_heads)  # [B', H, S, dh]
+    out, first = [], 0
+    for block, (b, _) in zip(chunk_views(q, shapes), shapes):
+        keep = None if memory_keep is None else memory_keep[first:first + b]
+        out.append(F.scaled_dot_product_attention(heads(block, n_heads), k[first:first + b], v[first:first + b], attn_mask=keep))
+        first += b
+    return attn.out_proj(torch.cat([o.transpose(1, 2).flatten(0, 1).flatten(1) for o in out]))
+
+
+def chunk_views(stream: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:
+    """[N, C] -> the chunks as views [b, T, C], chunk i = ``shapes[i]`` = (b, T), N = sum of b * T."""
+    return [block.unflatten(0, shape) for block, shape in zip(stream.split([b * T for b, T in shapes]), shapes)]
 
 
 def greedy_exact_match(generated: Tensor, tgt_out: Tensor) -> Tensor:

@@ -625,6 +625,7 @@ class UpdateRecorder(Callback):
         if self._selection is None:
             return dict(self._pending_state or {})
         order = self.ring_order(self.rows_done)
+        mid_row = self._row_steps > 0  # at a row boundary the partial-row buffers hold nothing the next row reads
         return {
             "names": list(self._selection.names),
             "numel": self._selection.numel,
@@ -637,9 +638,9 @@ class UpdateRecorder(Callback):
             "rows_total": _to_cpu(self._ring_total[order]),
             "rows_wd": _to_cpu(self._ring_wd[order]),
             "rows_raw": _to_cpu(self._ring_raw[order]) if self._ring_raw is not None else None,
-            "neg_row_start": _to_cpu(self._acc_total),  # −θ at the start of the partial row
-            "acc_wd": _to_cpu(self._acc_wd),
-            "acc_raw": _to_cpu(self._acc_raw),
+            "neg_row_start": _to_cpu(self._acc_total) if mid_row else None,  # −θ at the start of the partial row
+            "acc_wd": _to_cpu(self._acc_wd) if mid_row else None,
+            "acc_raw": _to_cpu(self._acc_raw) if mid_row else None,
             "shadow": _to_cpu(self._shadow),
         }
 
@@ -670,11 +671,13 @@ class UpdateRecorder(Callback):
             self._ring_raw[order] = state["rows_raw"].to(self._ring_raw)
         if state["shadow"] is not None:
             self._ensure_shadow()
-        if "neg_row_start" in state:
+        if state.get("neg_row_start") is not None:
             self._acc_total.copy_(state["neg_row_start"])
         elif self._row_steps > 0:  # a checkpoint that summed the partial row's Δθ: −θ_start = Σ Δθ − θ_now
             self._acc_total.copy_(state["acc_total"].to(self._acc_total) - self.flat_params().to(self._acc_total))
-        for name in ("acc_wd", "acc_raw", "shadow"):
+        for name in ("acc_wd", "acc_raw"):  # None: saved at a row boundary, where they are zero
             buf = getattr(self, "_" + name)
-            if buf is not None and state[name] is not None:
-                buf.copy_(state[name])
+            if buf is not None:
+                buf.copy_(state[name]) if state[name] is not None else buf.zero_()
+        if self._shadow is not None and state["shadow"] is not None:
+            self._shadow.copy_(state["shadow"])

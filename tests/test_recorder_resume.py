@@ -13,7 +13,8 @@ from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder, WeightDecayS
 from oracle import ADAMW, TinyAttention, assert_metrics_close, brute_for_run, make_loader, rows_of, run_fit
 
 INTERVAL, WINDOW, TOP_K = 2, 3, 3
-STOP, STEPS = 7, 16  # the first run stops 1 step into row 4, with the window full
+STEPS = 16
+MID_ROW, ROW_END = 7, 6  # the first run stops 1 step into row 4, or as row 3 completes (the window full)
 ADAMW_STEPLR = {
     "cls": torch.optim.AdamW,
     "kwargs": {"lr": 0.02, "weight_decay": 0.5},
@@ -42,21 +43,25 @@ def _edge(by_step):
     return {s: {k: v for k, v in m.items() if not k.startswith("wd/")} for s, m in by_step.items()}
 
 
+@pytest.mark.parametrize("stop", [MID_ROW, ROW_END], ids=["mid-row", "row-end"])
 @pytest.mark.parametrize(
     "optim,kind", [(ADAMW_STEPLR, "adamw"), (SGD_NESTEROV_COSINE, "sgd")], ids=["adamw-steplr", "sgd-nesterov-cosine"]
 )
-def test_resumed_run_logs_the_uninterrupted_run(tmp_path, optim, kind):
+def test_resumed_run_logs_the_uninterrupted_run(tmp_path, optim, kind, stop):
     model, snaps, full = _fit(tmp_path / "full", optim, STEPS)
     want = brute_for_run(model, snaps, kind, INTERVAL, WINDOW, TOP_K)
     assert_metrics_close(_edge(full.by_step), want, rtol=1e-6)
     lrs = {h["attn_a.in_proj_weight"]["lr"] for h in snaps.hyper}
     assert len(lrs) > 3  # the schedule moved the lr
 
-    first, _, _ = _fit(tmp_path / "first", optim, STOP)
+    first, _, _ = _fit(tmp_path / "first", optim, stop)
     path = str(tmp_path / "stop.ckpt")
     first.trainer.save_checkpoint(path)
+    state = next(v for k, v in torch.load(path, weights_only=False)["callbacks"].items() if k.startswith("UpdateRecorder"))
+    partial = [state[k] for k in ("neg_row_start", "acc_wd")]
+    assert all(t is None for t in partial) if stop == ROW_END else all(t is not None for t in partial)  # kept mid-row only
     _, _, resumed = _fit(tmp_path / "resumed", optim, STEPS, ckpt_path=path)
-    later = {s: m for s, m in full.by_step.items() if s > STOP}
+    later = {s: m for s, m in full.by_step.items() if s > stop}
     assert sorted(resumed.by_step) == sorted(later) == [8, 10, 12, 14, 16]
     assert resumed.by_step[10]["wd/group0"] == 0.0
     assert_metrics_close(resumed.by_step, later, rtol=1e-6)

@@ -1,8 +1,9 @@
-"""Checkpoint a run when it is interrupted (SIGINT, SIGTERM) or fails, so that no work is lost.
+"""Checkpoint a run after every validation, when it is interrupted (SIGINT, SIGTERM) or fails: no work is lost.
 
-The first Ctrl-C (or a SIGTERM) lets the current optimizer step finish, with its validation if it has
-one, writes ``last.ckpt`` there and stops the run; resuming from it continues exactly. A second Ctrl-C
-interrupts at once. A failure writes ``on_exception.ckpt``: the state it failed in, for inspection.
+``last.ckpt`` is rewritten after each validation, so a killed process resumes from its last one. The first
+Ctrl-C (or a SIGTERM) lets the current optimizer step finish, with its validation if it has one, writes
+``last.ckpt`` there and stops the run; resuming from it continues exactly. A second Ctrl-C interrupts at
+once. A failure writes ``on_exception.ckpt``: the state it failed in, for inspection.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 
 class InterruptCheckpoint(Checkpoint):
-    """On SIGINT / SIGTERM: finish the step (and its validation), save ``last.ckpt`` there, stop with
-    ``RunInterrupted``. On any other exception during training: save ``on_exception.ckpt``.
+    """After every validation: save ``last.ckpt`` (the state a killed run resumes from). On SIGINT / SIGTERM: finish
+    the step (and its validation), save ``last.ckpt`` there, stop with ``RunInterrupted``. On any other exception
+    during training: save ``on_exception.ckpt``.
 
     A Lightning checkpoint taken before a step's validation resumes after it (Lightning skips that
     validation), so at a validation step the checkpoint is written again once the validation is done.
@@ -33,22 +35,24 @@ class InterruptCheckpoint(Checkpoint):
     Args:
         dirpath: folder of the checkpoints; None: the ``ModelCheckpoint``'s folder, else ``<log_dir>/checkpoints``.
         on_exception: also checkpoint when training fails with an exception.
+        every_validation: rewrite ``last.ckpt`` after every validation (Lightning's ``ModelCheckpoint(save_top_k=0,
+            save_last=True)`` writes it only when it saved a checkpoint of its own at that step).
 
     Example::
 
         from lightning.pytorch import Trainer
-        from lightning.pytorch.callbacks import ModelCheckpoint
         from lit_grok.callbacks import InterruptCheckpoint
 
-        trainer = Trainer(callbacks=[ModelCheckpoint(save_top_k=0, save_last=True), InterruptCheckpoint()],
-                          max_steps=10_000, val_check_interval=100)
+        trainer = Trainer(callbacks=[InterruptCheckpoint()], max_steps=10_000, val_check_interval=100)
     """
 
-    def __init__(self, dirpath: Optional[str] = None, on_exception: bool = True) -> None:
+    def __init__(self, dirpath: Optional[str] = None, on_exception: bool = True, every_validation: bool = True) -> None:
         self.dirpath = dirpath
         self.on_exception_save = on_exception
+        self.every_validation = every_validation
         self.received: Optional[str] = None  # "SIGINT" / "SIGTERM" once a signal asked the run to stop
         self._saved_at: Optional[int] = None  # global step of the checkpoint written for the signal
+        self._written_at: Optional[int] = None  # global step of the last last.ckpt
         self._training = False  # between on_train_start and the end of fit: a failure is worth a checkpoint
         self._previous: dict[int, Any] = {}  # signal handlers to put back
 
@@ -71,11 +75,17 @@ class InterruptCheckpoint(Checkpoint):
             asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
         return asked
 
-    def _save_last(self, trainer: pl.Trainer) -> str:
+    def _write_last(self, trainer: pl.Trainer) -> str:
         path = os.path.join(self.checkpoint_dir(trainer), "last.ckpt")
         if trainer.is_global_zero and os.path.islink(path):  # a ModelCheckpoint(save_last="link") link
             os.remove(path)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path)  # Lightning writes it atomically: a kill mid-write keeps the previous one
+        self._written_at = trainer.global_step
+        return path
+
+    def _save_last(self, trainer: pl.Trainer) -> str:
+        """last.ckpt for a signal: the run stops once this step is done."""
+        path = self._write_last(trainer)
         self._saved_at = trainer.global_step
         return path
 
@@ -100,9 +110,13 @@ class InterruptCheckpoint(Checkpoint):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The step's validation is done: checkpoint again (a resume then skips it, rightly) and stop."""
-        if self._saved_at == trainer.global_step and not trainer.sanity_checking:
+        """The step's validation is done: checkpoint (a resume then skips it, rightly); after a signal, stop."""
+        if trainer.sanity_checking or not self._training:  # validations of a fit only
+            return
+        if self._saved_at == trainer.global_step:
             self._stop(trainer, self._save_last(trainer))
+        elif self.every_validation:
+            self._write_last(trainer)
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -114,6 +128,8 @@ class InterruptCheckpoint(Checkpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._saved_at is not None:  # the signal came at the last step
             self._stop(trainer, os.path.join(self.checkpoint_dir(trainer), "last.ckpt"))
+        if self.every_validation and self._written_at != trainer.global_step:  # the final state, to train on from
+            self._write_last(trainer)
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

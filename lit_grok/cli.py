@@ -24,7 +24,7 @@ from lit_grok.callbacks import ConfigurationError, LitGrokError
 CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.ARG VALUE sets one argument
     "grok", "recorder", "spectrum", "decomposer", "ablation", "perturbation", "probes", "probes_raw", "fourier",
     "fourier_encoder", "fourier_decoder", "probes_a", "depth_geometry", "component_effect", "qk_directions",
-    "loss_decomposition", "wd_schedule", "checkpoints", "last_checkpoint", "interrupt", "rng",
+    "loss_decomposition", "wd_schedule", "checkpoints", "interrupt", "rng",
 )
 JSONARGPARSE = Path(jsonargparse.__file__).parent
 HPARAMS_IGNORED = ("_instantiator", "_class_path")  # written by LightningCLI beside the real hyperparameters

@@ -14,6 +14,7 @@ EXPERIMENTS = {
     "dyck_causal_memo": ["dyck", "dyck_causal", "dyck_causal_memo"],
     "dyck_wd_after1000": ["dyck", "dyck_wd_after1000"],
     "scan": ["scan"], "scan_nowd": ["scan", "scan_nowd"], "scan_causal": ["scan", "scan_causal"],
+    "scan_bf16_nowd": ["scan", "scan_bf16", "scan_nowd"],
     "modadd": ["modadd"], "modadd_nowd": ["modadd", "modadd_nowd"], "modadd_causal": ["modadd", "modadd_causal"],
 }
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]

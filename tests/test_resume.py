@@ -29,6 +29,25 @@ class SignalAt(Callback):
             os.kill(os.getpid(), self.signum)
 
 
+class Killed(Exception):
+    """What a killed process leaves: nothing written after the moment it died."""
+
+
+class DieAt(Callback):
+    """Ends the run abruptly after optimizer step ``step`` (no checkpoint callback saves for it), as ``kill -9`` would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed after step {self.step}")
+
+
+def die_at(step):
+    return "--trainer.callbacks+=" + json.dumps({"class_path": f"{__name__}.DieAt", "init_args": {"step": step}})
+
+
 def signal_at(step, signum):
     return "--trainer.callbacks+=" + json.dumps(
         {"class_path": f"{__name__}.SignalAt", "init_args": {"step": step, "signum": int(signum)}}
@@ -66,6 +85,20 @@ def test_a_signal_checkpoints_that_step_and_the_resumed_run_is_the_same_run(tmp_
     whole = read_scalars(tmp_path / "logs" / "whole" / "version_0")
     assert "edge/grad_frac_v1" in whole and "val/acc" in whole
     assert_same_scalars(whole, read_scalars(checkpoint.parents[1]), first_step=stop)
+
+
+def test_a_killed_run_resumes_from_its_last_validation_and_is_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = [*DYCK, "--trainer.max_steps=300", "--callbacks.recorder.interval=40", *FAST]
+    main(["fit", *common, "--trainer.logger.init_args.name=whole"])
+    assert torch.load(tmp_path / "logs" / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 300
+    with pytest.raises(Killed):
+        main(["fit", *common, "--trainer.logger.init_args.name=cut", die_at(250)])
+    checkpoint = tmp_path / "logs" / "cut" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 200  # the validation before the kill
+    main(["fit", *common, "--trainer.logger.init_args.name=cut", "--ckpt_path=last"])
+    whole = read_scalars(tmp_path / "logs" / "whole" / "version_0")
+    assert_same_scalars(whole, read_scalars(checkpoint.parents[1]), first_step=200)
 
 
 def test_the_intervention_resumed_from_step_1000_switches_its_decay_off(tmp_path, monkeypatch):

@@ -115,42 +115,53 @@ class ScanTransformer(GrokModule):
 
     @torch.no_grad()
     def greedy_decode(self, src: Tensor, max_len: int | None = None) -> Tensor:
-        """Free-running argmax decoding: [B, S] -> generated action ids [B, L <= max_len] (EOS included),
-        stopping once every row has emitted EOS (rows that have go on decoding until then)."""
+        """Free-running argmax decoding: [B, S] -> generated action ids [B, L <= max_len], each row up to and
+        including its first EOS, PAD after it; stops once every row has emitted EOS."""
         return self.greedy_steps(src, max_len)[0]
 
     @torch.no_grad()
     def greedy_steps(self, src: Tensor, max_len: int | None = None) -> tuple[Tensor, Tensor]:
         """(ids [B, L], logits [B, L, V]) of greedy decoding, one new position per step: each decoder layer
-        keeps its self-attention keys/values and the encoder memory's, the same weights as ``decode``."""
+        keeps its self-attention keys/values and the encoder memory's, the same weights as ``decode``. A row
+        stops at its first EOS (later positions: PAD ids, NaN logits); finished rows leave the batch once they
+        are an eighth of it, so the work follows the rows still decoding."""
         max_len = max_len or self.hparams.max_tgt_len - 1
-        B, H = src.shape[0], self.hparams.n_heads
+        B, H, V = src.shape[0], self.hparams.n_heads, self.hparams.tgt_vocab_size
         memory = self.encode(src)  # [B, S, D]
         memory_keep = (src != PAD)[:, None, None] if self.hparams.memory_padding_mask else None  # [B, 1, 1, S]
         layers = self.transformer.decoder.layers
         cross = [kv_heads(layer.multihead_attn, memory, H) for layer in layers]  # per layer ([B, H, S, dh],) * 2
         cache = [memory.new_empty(2, B, H, max_len, memory.shape[-1] // H) for _ in layers]  # K/V [B, H, L, dh]
         key_keep = torch.empty(B, 1, 1, max_len, dtype=torch.bool, device=src.device)  # non-PAD inputs
-        token = torch.full((B,), SOS, dtype=torch.long, device=src.device)  # [B] input of this step
-        done = torch.zeros(B, dtype=torch.bool, device=src.device)
-        ids, logits = [], []
+        token = torch.full((B,), SOS, dtype=torch.long, device=src.device)  # [A] input of this step
+        rows = torch.arange(B, device=src.device)  # [A] the batch row of each row still in the batch
+        done = torch.zeros(B, dtype=torch.bool, device=src.device)  # [A] emitted its EOS
+        ids = torch.full((B, max_len), PAD, dtype=torch.long, device=src.device)
+        logits = memory.new_full((B, max_len, V), float("nan"))
         for t in range(max_len):
-            h = (self.tgt_tok(token) + self.tgt_pos.weight[t])[:, None]  # [B, 1, D]
+            h = (self.tgt_tok(token) + self.tgt_pos.weight[t])[:, None]  # [A, 1, D]
             key_keep[..., t] = (token != PAD)[:, None, None]  # decode masks PAD inputs as keys
             for layer, kv, (k_mem, v_mem) in zip(layers, cache, cross):
                 h = h + self_attention_step(layer.self_attn, layer.norm1(h), kv, t, key_keep[..., : t + 1], H)
-                q = heads(F.linear(layer.norm2(h), *q_projection(layer.multihead_attn)), H)  # [B, H, 1, dh]
+                q = heads(F.linear(layer.norm2(h), *q_projection(layer.multihead_attn)), H)  # [A, H, 1, dh]
                 attended = F.scaled_dot_product_attention(q, k_mem, v_mem, attn_mask=memory_keep)
                 h = h + layer.multihead_attn.out_proj(merge_heads(attended))
                 h = h + layer._ff_block(layer.norm3(h))
-            step_logits = self.head(self.ln_out(self.transformer.decoder.norm(h)))[:, 0]  # [B, V]
+            step_logits = self.head(self.ln_out(self.transformer.decoder.norm(h)))[:, 0]  # [A, V]
             token = step_logits.argmax(-1)
-            ids.append(token)
-            logits.append(step_logits)
+            new = rows[~done]  # rows decoding this position
+            ids[new, t], logits[new, t] = token[~done], step_logits[~done].to(logits.dtype)
             done |= token == EOS
-            if bool(done.all()):
-                break
-        return torch.stack(ids, 1), torch.stack(logits, 1)
+            finished = int(done.sum())  # one host sync per step
+            if finished == len(rows):
+                return ids[:, : t + 1], logits[:, : t + 1]
+            if 8 * finished >= len(rows):  # drop the finished rows: their later positions are never read
+                keep = ~done
+                rows, token, done, key_keep = rows[keep], token[keep], done[keep], key_keep[keep]
+                cross = [(k[keep], v[keep]) for k, v in cross]
+                cache = [compact_cache(kv, keep, t + 1) for kv in cache]
+                memory_keep = memory_keep[keep] if memory_keep is not None else None
+        return ids, logits
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         with self.training_attention():
@@ -290,6 +301,13 @@ def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tenso
 def chunk_views(stream: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:
     """[N, C] -> the chunks as views [b, T, C], chunk i = ``shapes[i]`` = (b, T), N = sum of b * T."""
     return [block.unflatten(0, shape) for block, shape in zip(stream.split([b * T for b, T in shapes]), shapes)]
+
+
+def compact_cache(kv: Tensor, keep: Tensor, filled: int) -> Tensor:
+    """K/V cache [2, A, H, L, dh] -> [2, A', H, L, dh] of the rows ``keep`` [A], copying the ``filled`` positions."""
+    out = kv.new_empty(2, int(keep.sum()), *kv.shape[2:])
+    out[..., :filled, :] = kv[:, keep, :, :filled]
+    return out
 
 
 def greedy_exact_match(generated: Tensor, tgt_out: Tensor) -> Tensor:

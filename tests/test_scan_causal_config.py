@@ -49,3 +49,5 @@ def test_scan_causal_config_runs_every_analysis(tmp_path, monkeypatch):
     assert set(encoder["attention"]) == {"enc_self_0", "enc_self_1", "enc_self_2"}
     assert decoder["attention"]["dec_self_0"]["causal"] is True
     assert decoder["attention"]["cross_0"]["causal"] is False and encoder["attention"]["enc_self_0"]["causal"] is False
+    v1 = decoder["edge"]["v1"]  # the response field of v1 by gold action token
+    assert v1["status"] == "ok" and 0 <= v1["func_acc"] <= 1

@@ -21,7 +21,7 @@ from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, make_loader
 
 STEPS, FULL = 6, 40
-DEADLINE_S = 90  # each spawned worker re-imports lightning (~6 s alone, ~15 s for two on two cores)
+DEADLINE_S = 240  # each spawned worker re-imports lightning (~6 s alone, ~15 s for two on two cores; far more beside other jobs)
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)  # gloo gives up on a peer that never answers
 
 

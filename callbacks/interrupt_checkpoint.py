@@ -98,7 +98,7 @@ class InterruptCheckpoint(Checkpoint):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take over SIGINT and SIGTERM (main thread only: Python delivers signals there)."""
-        self.received, self._saved_at, self._training = None, None, True
+        self.received, self._saved_at, self._written_at, self._training = None, None, None, True
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
 

@@ -21,8 +21,8 @@ from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions,
 PAD, SOS, EOS = 0, 1, 2
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test-eval subset, 1 = training subset
 Batch = tuple[Tensor, Tensor, Tensor]  # src [B, S], tgt_in [B, T], tgt_out [B, T]
-TRAIN_CHUNK = 32  # rows per decoder pass of the length-sorted training loss
-EVAL_CHUNK = 64  # rows per decoder pass of the teacher-forced evaluation
+TRAIN_CHUNK = 32  # rows per attention chunk of the packed training loss
+EVAL_CHUNK = 64  # rows per attention chunk of the packed teacher-forced evaluation
 
 
 def causal_mask(T: int, device: torch.device) -> Tensor:
@@ -149,8 +149,8 @@ class ScanTransformer(GrokModule):
                 h = h + layer._ff_block(layer.norm3(h))
             step_logits = self.head(self.ln_out(self.transformer.decoder.norm(h)))[:, 0]  # [A, V]
             token = step_logits.argmax(-1)
-            new = rows[~done]  # rows decoding this position
-            ids[new, t], logits[new, t] = token[~done], step_logits[~done].to(logits.dtype)
+            live = ~done  # rows decoding this position
+            ids[rows[live], t], logits[rows[live], t] = token[live], step_logits[live].to(logits.dtype)
             done |= token == EOS
             finished = int(done.sum())  # one host sync per step
             if finished == len(rows):
@@ -195,7 +195,8 @@ class ScanTransformer(GrokModule):
         targets = torch.cat([tgt_out[r, :T].flatten() for r, T in chunks])  # [N]
         positions = torch.cat([torch.arange(T, device=src.device).repeat(b) for b, T in shapes])  # [N]
         sequence = torch.cat([r.repeat_interleave(T) for r, T in chunks])  # [N]
-        memory, memory_keep = memory[rows], (src[rows] != PAD)[:, None, None] if self.hparams.memory_padding_mask else None
+        memory = memory[rows]  # [B', S, D] row j = the stream's j-th row
+        memory_keep = (src[rows] != PAD)[:, None, None] if self.hparams.memory_padding_mask else None  # [B', 1, 1, S]
         H = self.hparams.n_heads
         h = self.tgt_tok(tokens) + self.tgt_pos(positions)  # [N, D]
         for layer in self.transformer.decoder.layers:  # pre-LN decoder layer (nn.TransformerDecoderLayer, norm_first)
@@ -214,8 +215,8 @@ class ScanTransformer(GrokModule):
             self.log("val/greedy_acc", self.greedy_acc, add_dataloader_idx=False)
 
     def update_eval_metrics(self, name: str, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> None:
-        """Teacher-forced metrics of eval set ``name`` from length-sorted chunks cut after their last label
-        (the padded batch's logits), and on "val" greedy exact match from the incremental decoder."""
+        """Teacher-forced metrics of eval set ``name`` from the packed length-sorted decoder (the padded batch's
+        logits at every label), and on "val" greedy exact match from the incremental decoder."""
         logits, targets, sequence = self.packed_logits(src, tgt_in, tgt_out, EVAL_CHUNK)  # [N, V], [N], [N]
         self.metrics[name].update(logits, targets)
         wrong = (logits.argmax(-1) != targets) & (targets != IGNORE)  # [N]: a sequence is right without any
@@ -281,7 +282,7 @@ def packed_self_attention(attn: nn.MultiheadAttention, x: Tensor, shapes: list[t
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [N, 3 D]
     out = [F.scaled_dot_product_attention(*block.unflatten(-1, (3, n_heads, -1)).permute(2, 0, 3, 1, 4), is_causal=True)
            for block in chunk_views(qkv, shapes)]  # [b, H, T, dh] each
-    return attn.out_proj(torch.cat([o.transpose(1, 2).flatten(0, 1).flatten(1) for o in out]))
+    return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 
 
 def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tensor, memory_keep: Tensor | None,
@@ -295,7 +296,7 @@ def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tenso
         keep = None if memory_keep is None else memory_keep[first:first + b]
         out.append(F.scaled_dot_product_attention(heads(block, n_heads), k[first:first + b], v[first:first + b], attn_mask=keep))
         first += b
-    return attn.out_proj(torch.cat([o.transpose(1, 2).flatten(0, 1).flatten(1) for o in out]))
+    return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 
 
 def chunk_views(stream: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:

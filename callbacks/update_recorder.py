@@ -27,14 +27,18 @@ from .utils.trainer import find, find_named
 
 @dataclass
 class RowEvent:
-    """A completed row, handed to listeners before it enters the ring (slot ``index % window``)."""
+    """A completed row, handed to listeners in its own ring slot before it joins the window.
+
+    The ring has window + 1 slots: the window's rows and the row being summed (which takes the oldest row's slot).
+    """
 
     index: int  # 0-based row number
     steps: int  # optimizer steps recorded when the row completed
-    total: Tensor  # [P] Δθ summed over the row's steps
-    wd: Tensor  # [P] decay part of it
-    ring_total: Tensor  # [window, P] previous rows; row r sits in slot r % window
-    ring_wd: Tensor  # [window, P]
+    total: Tensor  # [P] Δθ summed over the row's steps: ring_total[slot]
+    wd: Tensor  # [P] decay part of it: ring_wd[slot]
+    ring_total: Tensor  # [window + 1, P]: row r sits in slot r % (window + 1); the other slots hold the window's rows
+    ring_wd: Tensor  # [window + 1, P]
+    slot: int  # index % (window + 1)
 
 
 @dataclass
@@ -410,12 +414,23 @@ class UpdateRecorder(Callback):
             dtype = torch.promote_types(dtype, p.dtype)
         n, dev = selection.numel, p0.device
         zeros = partial(torch.zeros, dtype=dtype, device=dev)
-        self._acc_total, self._acc_wd = zeros(n), zeros(n)  # acc_total: −θ_start during a row, its Δθ at the end
-        self._acc_raw = zeros(n) if self.keep_raw_grad else None
+        slots = self.window + 1  # the window's rows and the row being summed
+        self._ring_total, self._ring_wd = zeros(slots, n), zeros(slots, n)
+        self._ring_raw = zeros(slots, n) if self.keep_raw_grad else None
         self._shadow = self._prev = None
-        self._ring_total, self._ring_wd = zeros(self.window, n), zeros(self.window, n)
-        self._ring_raw = zeros(self.window, n) if self.keep_raw_grad else None
         self.steps_done = self.rows_done = self.rows_skipped = self._row_steps = 0
+        self._tracks = []  # made again for this selection by _make_tracks
+        self._point_accumulators()
+
+    def _point_accumulators(self) -> None:
+        """The row being summed lives in ring slot rows_done % (window + 1) (the slot of the row that left the
+        window): acc_total holds −θ_start during the row and its Δθ at the end, so a completed row needs no copy."""
+        slot = self.rows_done % (self.window + 1)
+        self._acc_total, self._acc_wd = self._ring_total[slot], self._ring_wd[slot]
+        self._acc_raw = self._ring_raw[slot] if self._ring_raw is not None else None
+        for t in self._tracks:
+            t.total, t.wd = self._acc_total[t.cut], self._acc_wd[t.cut]
+            t.raw = self._acc_raw[t.cut] if self._acc_raw is not None else None
 
     def _ensure_shadow(self) -> None:
         """Allocate the decay rule's shadow [P] (zeros: no decay has entered the optimizer's buffers yet)."""
@@ -477,9 +492,12 @@ class UpdateRecorder(Callback):
         """θ_{s−1} and the step's gradients: start a row, add this step's decoupled decay, keep what the rule needs."""
         self._captured = True
         thetas = [local_tensor(t.param).reshape(-1).to(t.wd.dtype) for t in self._tracks]
-        if self._row_steps == 0:
+        if self._row_steps == 0:  # the slot still holds the row that left the window
             for t, theta in zip(self._tracks, thetas):
                 torch.neg(theta, out=t.total)
+            for acc in (self._acc_wd, self._acc_raw):
+                if acc is not None:
+                    acc.zero_()
         rule = decay_rule(optimizer)
         axpy: dict[Any, tuple[list[Tensor], list[Tensor]]] = {}  # rate -> (decay slices, θ_{s−1})
         raw: tuple[list[Tensor], list[Tensor]] = ([], [])
@@ -552,22 +570,16 @@ class UpdateRecorder(Callback):
         if self._is_sharded:  # every rank must take the same branch
             finite = self.all_reduce(finite) / dist.get_world_size()
         if float(finite) < 1.0:
-            self._reject_row()
+            self._reject_row()  # its slot stays the accumulator, which the next row's first step resets
         else:
+            slot = self.rows_done % (self.window + 1)
             event = RowEvent(
-                self.rows_done, self.steps_done, self._acc_total, self._acc_wd, self._ring_total, self._ring_wd
+                self.rows_done, self.steps_done, self._acc_total, self._acc_wd, self._ring_total, self._ring_wd, slot
             )
             for fn in self._listeners:
                 fn(event)
-            slot = self.rows_done % self.window
-            self._ring_total[slot].copy_(self._acc_total)
-            self._ring_wd[slot].copy_(self._acc_wd)
-            if self._ring_raw is not None:
-                self._ring_raw[slot].copy_(self._acc_raw)
             self.rows_done += 1
-        for acc in (self._acc_wd, self._acc_raw):  # acc_total is overwritten by the next row's −θ_start
-            if acc is not None:
-                acc.zero_()
+            self._point_accumulators()
         self._row_steps = 0
 
     def _row_is_finite(self) -> Tensor:
@@ -595,7 +607,7 @@ class UpdateRecorder(Callback):
     def ring_order(self, rows: int) -> list[int]:
         """Ring slots of the last min(window, rows) rows, oldest→newest."""
         m = min(self.window, rows)
-        return [(rows - m + i) % self.window for i in range(m)]
+        return [(rows - m + i) % (self.window + 1) for i in range(m)]
 
     # ---------------------------------------------------------------- Lightning hooks
     @override
@@ -664,6 +676,7 @@ class UpdateRecorder(Callback):
             raise ConfigurationError("checkpoint's UpdateRecorder selected other parameters: use the same `params` to resume")
         self.steps_done, self.rows_done = state["steps_done"], state["rows_done"]
         self.rows_skipped, self._row_steps = state["rows_skipped"], state["row_steps"]
+        self._point_accumulators()
         order = self.ring_order(self.rows_done)
         self._ring_total[order] = state["rows_total"].to(self._ring_total)
         self._ring_wd[order] = state["rows_wd"].to(self._ring_wd)

@@ -56,24 +56,27 @@ def test_buffers_are_two_per_row_of_the_window():
             opt.zero_grad()
             model(x).sum().backward()
             opt.step()
-        held = [t for t in vars(rec).values() if isinstance(t, torch.Tensor)]
-        numel = sum(t.numel() for t in held) / rec.selection.numel
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in vars(rec).values() if isinstance(t, torch.Tensor)}
+        numel = sum(st.nbytes() for st in storages.values()) / (rec._ring_total.element_size() * rec.selection.numel)
         if copies is not None:
             assert numel == copies
         else:  # coupled Adam: + θ_{s−1} and the shadow first moment
             assert numel == 2 * WINDOW + 4 and rec._prev is not None
 
 
-def test_one_pass_products_equal_inner64():
+@pytest.mark.parametrize("pairs", [
+    [("ring_total", "total"), ("ring_total", "theta"), ("ring_wd", "total"), ("total", "total"), ("wd", "total"),
+     ("theta", "theta"), ("wd", "wd"), ("total", "theta")],  # vector products read off ring products at the slot
+    [("total", "total"), ("wd", "theta"), ("theta", "wd")],  # no ring read whole: vector dots only
+])
+def test_one_pass_products_equal_inner64(pairs):
     torch.manual_seed(0)
-    n = 2 * ROW_CHUNK + 123  # blocks of ROW_CHUNK and a partial one
-    rings = {"ring_total": torch.randn(4, n), "ring_wd": torch.randn(4, n) * 1e-3}
-    vectors = {"total": torch.randn(n) + 2.0, "wd": torch.randn(n) * 1e-3, "theta": torch.randn(n)}
-    pairs = [("ring_total", "total"), ("ring_total", "theta"), ("ring_wd", "total"), ("total", "total"),
-             ("wd", "total"), ("theta", "theta"), ("wd", "wd")]
+    n, slot = 2 * ROW_CHUNK + 123, 2  # blocks of ROW_CHUNK and a partial one
+    rings = {"ring_total": torch.randn(4, n) + 2.0, "ring_wd": torch.randn(4, n) * 1e-3}
+    vectors = {"total": rings["ring_total"][slot], "wd": rings["ring_wd"][slot], "theta": torch.randn(n)}
     pieces = FlatPieces(list(vectors["theta"].split([5, ROW_CHUNK - 3, 1, ROW_CHUNK + 10, 110])))  # θ by parameter
     for theta in (vectors["theta"], pieces):
-        got = row_inner64(rings, {**vectors, "theta": theta}, pairs)
+        got = row_inner64(rings, slot, theta, pairs)
         for a, b in pairs:
             left = {**rings, **vectors}[a]
             want = inner64(left, vectors[b])

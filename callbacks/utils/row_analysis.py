@@ -37,9 +37,10 @@ Products = dict[str, Tensor]
 
 
 CHUNK = 1 << 20  # entries of P per float64 block: bounds inner64's scratch to [.., CHUNK] float64
-ROW_CHUNK = 1 << 15  # entries of P per block of row_inner64: its float64 scratch [2W + 3, ROW_CHUNK] stays in cache
-RINGS = ("ring_total", "ring_wd")  # [window, P] operands of a row product: the ring's rows (slot r % window)
+ROW_CHUNK = 1 << 13  # entries of P per block of row_inner64: its float64 scratch, 2(W + 1) + 1 rows of it, stays in L2
+RINGS = ("ring_total", "ring_wd")  # [window + 1, P] operands of a row product: row r in slot r % (window + 1)
 VECTORS = ("total", "wd", "theta")  # [P] operands: the new row, its decay part, θ when the row completed
+ROW_OF = {"total": "ring_total", "wd": "ring_wd"}  # the new row's vectors are its slot of these rings
 Pair = tuple[str, str]  # (RINGS or VECTORS name, VECTORS name): a named inner product of a row
 
 
@@ -76,34 +77,54 @@ class FlatPieces:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def row_inner64(rings: dict[str, Tensor], vectors: dict[str, Any], pairs: list[Pair]) -> dict[Pair, Tensor]:
-    """Every requested product a · b in one pass over P, accumulated in float64 like ``inner64``: a ring [W, P]
-    (-> [W]) or a vector [P] (a Tensor or ``FlatPieces``; -> 0-dim) times a vector [P]. Each float32 entry is read from memory once and
-    converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.8)."""
-    names = sorted({b for _, b in pairs} | {a for a, _ in pairs if a not in rings})  # vectors read
-    col = {n: i for i, n in enumerate(names)}
-    ring_cols = {r: sorted({col[b] for a, b in pairs if a == r}) for r in rings if any(a == r for a, _ in pairs)}
-    first = vectors[names[0]]
-    n, dev = first.shape[0], first.device
-    vec = torch.zeros(len(names), len(names), dtype=torch.float64, device=dev)  # [n_v, n_v] vector · vector
-    ring = {r: torch.zeros(len(c), rings[r].shape[0], dtype=torch.float64, device=dev) for r, c in ring_cols.items()}
+def row_inner64(rings: dict[str, Tensor], slot: int, theta: Any, pairs: list[Pair]) -> dict[Pair, Tensor]:
+    """Every requested product a · b in one pass over P, accumulated in float64 like ``inner64``: a ring [S, P]
+    (-> [S], every slot) or a vector [P] (-> 0-dim) times a vector. The new row's vectors are its ring slot
+    (``total`` = ring_total[slot], ``wd`` = ring_wd[slot]), so a vector product is read off a ring product at the slot
+    where one is computed anyway; θ is a Tensor or ``FlatPieces`` (None when no pair reads it). Each float32 entry is
+    read from memory once and converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.8)."""
+    wanted = sorted({(a, b) for a, b in pairs if a in rings})  # (ring, column) matrix-vector products
+
+    def at_slot(a: str, b: str) -> Optional[Pair]:
+        for u, v in ((a, b), (b, a)):
+            if u in ROW_OF and (ROW_OF[u], v) in wanted:
+                return ROW_OF[u], v
+        return None
+
+    dots = sorted({tuple(sorted((a, b))) for a, b in pairs if a not in rings and at_slot(a, b) is None})
+    names = sorted({b for _, b in wanted} | {x for d in dots for x in d})  # vectors read
+    full = sorted({r for r, _ in wanted})  # rings read whole
+    source = {"theta": theta, **{u: rings[r][slot] for u, r in ROW_OF.items()}}
+    n, dev = rings["ring_total"].shape[1], rings["ring_total"].device
     chunk = min(ROW_CHUNK, n)
-    block = torch.empty(len(names), chunk, dtype=torch.float64, device=dev)  # [n_v, chunk] scratch
-    ring_block = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in ring_cols}
+    blocks = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in full}  # [S, chunk]
+    own = {u: torch.empty(chunk, dtype=torch.float64, device=dev) for u in names if ROW_OF.get(u) not in full}
+    ring_acc = {pair: torch.zeros(rings[pair[0]].shape[0], dtype=torch.float64, device=dev) for pair in wanted}
+    dot_acc = {pair: torch.zeros((), dtype=torch.float64, device=dev) for pair in dots}
     for start in range(0, n, ROW_CHUNK):
         stop = min(start + ROW_CHUNK, n)
-        v = block[:, : stop - start]
-        for i, name in enumerate(names):
-            v[i].copy_(vectors[name][start:stop])
-        vec += v @ v.T
-        for r, cols in ring_cols.items():
-            m = ring_block[r][:, : stop - start]
-            m.copy_(rings[r][:, start:stop])
-            for j, i in enumerate(cols):  # one matrix-vector product per vector: faster than a [W, n_cols] gemm here
-                ring[r][j].addmv_(m, v[i])
+        block = {r: blocks[r][:, : stop - start] for r in full}
+        for r in full:
+            block[r].copy_(rings[r][:, start:stop])
+        vec = {}
+        for u in names:
+            if ROW_OF.get(u) in full:
+                vec[u] = block[ROW_OF[u]][slot]
+            else:
+                vec[u] = own[u][: stop - start]
+                vec[u].copy_(source[u][start:stop])
+        for r, b in wanted:  # one matrix-vector product per column: faster than a [S, n_cols] gemm here
+            ring_acc[(r, b)].addmv_(block[r], vec[b])
+        for a, b in dots:
+            dot_acc[(a, b)].add_(torch.dot(vec[a], vec[b]))
     out: dict[Pair, Tensor] = {}
     for a, b in pairs:
-        out[(a, b)] = ring[a][ring_cols[a].index(col[b])] if a in rings else vec[col[a], col[b]]
+        if a in rings:
+            out[(a, b)] = ring_acc[(a, b)]
+        elif at_slot(a, b) is not None:
+            out[(a, b)] = ring_acc[at_slot(a, b)][slot]
+        else:
+            out[(a, b)] = dot_acc[tuple(sorted((a, b)))]
     return out
 
 
@@ -170,10 +191,10 @@ class GramWindow:
         in one pass over P (``row_inner64``) and one collective, queued for ``process``."""
         requests = [self.PAIRS] + [reader.row_pairs() for reader in self.readers]
         pairs = list(dict.fromkeys(pair for request in requests for pair in request.values()))
-        vectors = {"total": event.total, "wd": event.wd}
+        theta = None
         if any("theta" in pair for pair in pairs):
-            vectors["theta"] = FlatPieces([local_tensor(p).reshape(-1) for p in self.recorder.selection.params])
-        values = row_inner64({"ring_total": event.ring_total, "ring_wd": event.ring_wd}, vectors, pairs)
+            theta = FlatPieces([local_tensor(p).reshape(-1) for p in self.recorder.selection.params])
+        values = row_inner64({"ring_total": event.ring_total, "ring_wd": event.ring_wd}, event.slot, theta, pairs)
         named = [{name: values[pair] for name, pair in request.items()} for request in requests]
         for products, reader in zip(named[1:], self.readers):
             products.update(reader.row_products(event))

@@ -88,9 +88,17 @@ class TrainBatchesDataModule(pl.LightningDataModule):
         self.train_batches.restore(state_dict.get("train_batches", {}))
 
 
+class RowsDataset(TensorDataset):
+    """A TensorDataset fetched a batch at a time: one indexing per tensor, not a row each and a stack."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[index] for t in self.tensors)
+
+
 def eval_loader(tensors: Sequence[Tensor], batch_size: int) -> DataLoader:
     """Fixed-order batches of ``tensors`` (as a tuple per batch) that leave the global RNG untouched."""
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=False, collate_fn=stack_batch,
+    return DataLoader(RowsDataset(*tensors), batch_size=batch_size, shuffle=False, collate_fn=fetched_batch,
                       generator=torch.Generator())
 
 
@@ -105,5 +113,6 @@ def first_copy_counts(*tensors: Tensor) -> Tensor:
     return weights
 
 
-def stack_batch(items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
-    return tuple(torch.stack(column) for column in zip(*items))
+def fetched_batch(batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The batch ``RowsDataset.__getitems__`` made (DataLoader's collate step, nothing left to do)."""
+    return batch

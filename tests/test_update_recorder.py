@@ -309,3 +309,29 @@ def test_nonfinite_update_skip_counts_and_warns():
     ]
     assert (rec.steps_done, rec.rows_done, rec.rows_skipped) == (6, 5, 1)
     assert torch.isfinite(rec.window_rows()[0]).all()
+
+
+def test_rows_after_a_skipped_row_are_the_last_good_steps():
+    """The ring slot a skipped row was summed in is summed into again from scratch by the next row (step 6 here)."""
+    model = TinyAttention(ADAMW)
+    lr, wd = 0.1, 0.05
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)  # no momentum: decay −η ω θ_{s−1}
+    rec = UpdateRecorder(window=2, on_nonfinite="skip")
+    rec.attach(model, [opt])
+    thetas, batch = [rec.flat_params()], _batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(1, 7):
+            opt.zero_grad()
+            model.loss(batch).backward()
+            if step == 5:
+                model.attn_a.out_proj.weight.grad[0, 0] = float("nan")
+                saved = rec.flat_params()
+            opt.step()
+            if step == 5:
+                rec.write_flat_params(saved)
+            thetas.append(rec.flat_params())
+    assert (rec.rows_done, rec.rows_skipped) == (5, 1)
+    total, decay = rec.window_rows()
+    torch.testing.assert_close(total, torch.stack([thetas[4] - thetas[3], thetas[6] - thetas[5]]), rtol=0, atol=0)
+    torch.testing.assert_close(decay, -lr * wd * torch.stack([thetas[3], thetas[5]]), rtol=1e-6, atol=0)

@@ -77,6 +77,7 @@ class Variant:
     def __init__(self, name: str, params, interval: int, batch: int, seq: int) -> None:
         self.name, self.interval = name, interval
         self.times: list[tuple[float, bool]] = []  # (CPU seconds, a row completed) per timed step
+        self.rounds: list[float] = []  # mean CPU seconds per step of each round
         self.module = DemoLM()
         self.opt = self.module.configure_optimizers()
         self.batch, self.seq = batch, seq
@@ -106,11 +107,13 @@ class Variant:
                 a.publish()  # what on_train_batch_end does (no trainer: nothing logged)
 
     def run(self, steps: int) -> None:
+        """Time ``steps`` steps (one round of this variant)."""
         for _ in range(steps):
             rows = self.recorder.rows_done if self.recorder is not None else 0
             start = time.process_time()
             self.step()
             self.times.append((time.process_time() - start, self.recorder is not None and self.recorder.rows_done > rows))
+        self.rounds.append(sum(t for t, _ in self.times[-steps:]) / steps)
 
     def mean(self, rows: bool | None = None) -> float:
         picked = [t for t, r in self.times if rows is None or r == rows]
@@ -159,14 +162,18 @@ def main() -> None:
     print(f"\ndemo Transformer ({sum(p.numel() for p in variants[0].params) / 1e6:.2f} M params), batch "
           f"{args.batch} x {args.seq} tokens, AdamW(weight_decay=0.1), window 5, {args.rounds} rounds x {args.steps} "
           f"steps, torch threads {torch.get_num_threads()}, CPU time per step\n")
-    print("| variant | selection | CPU ms/step | vs plain | extra memory (copies of the selection) |")
-    print("|---|---|---|---|---|")
+    print("| variant | selection | CPU ms/step | vs plain | vs plain, range over rounds | extra memory (copies of the selection) |")
+    print("|---|---|---|---|---|---|")
     for v in variants:
         seconds, estimated = v.per_step(every_step.get(v.name.split(",")[0]))
         sel = f"{v.recorder.selection.numel / 1e6:.2f} M" if v.recorder is not None else "-"
         mem = f"{v.extra_copies():.2f}" if v.recorder is not None else "-"
         est = " (est.)" if estimated else ""
-        print(f"| {v.name} | {sel} | {1e3 * seconds:.1f}{est} | {100 * (seconds / plain - 1):+.1f} %{est} | {mem} |")
+        spread = "-"
+        if not estimated and v.recorder is not None:  # the same round's plain steps as reference
+            ratios = [100 * (mine / base - 1) for mine, base in zip(v.rounds, variants[0].rounds)]
+            spread = f"{min(ratios):+.1f} .. {max(ratios):+.1f} %"
+        print(f"| {v.name} | {sel} | {1e3 * seconds:.1f}{est} | {100 * (seconds / plain - 1):+.1f} %{est} | {spread} | {mem} |")
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ def test_selection_errors():
 
 
 def _blow_up_at(model, opt, rec, bad_step, steps):
-    batch = _batch()
+    """Train ``steps`` steps, step ``bad_step`` with an infinite gradient entry; the selected θ before and after each step."""
+    batch, thetas = _batch(), [rec.flat_params()]
     for step in range(1, steps + 1):
         opt.zero_grad()
         model.loss(batch).backward()
@@ -283,6 +284,8 @@ def _blow_up_at(model, opt, rec, bad_step, steps):
         opt.step()
         if step == bad_step:
             rec.write_flat_params(saved)  # θ finite again: only step bad_step is non-finite
+        thetas.append(rec.flat_params())
+    return thetas
 
 
 def test_nonfinite_update_error():
@@ -318,19 +321,9 @@ def test_rows_after_a_skipped_row_are_the_last_good_steps():
     opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)  # no momentum: decay −η ω θ_{s−1}
     rec = UpdateRecorder(window=2, on_nonfinite="skip")
     rec.attach(model, [opt])
-    thetas, batch = [rec.flat_params()], _batch()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for step in range(1, 7):
-            opt.zero_grad()
-            model.loss(batch).backward()
-            if step == 5:
-                model.attn_a.out_proj.weight.grad[0, 0] = float("nan")
-                saved = rec.flat_params()
-            opt.step()
-            if step == 5:
-                rec.write_flat_params(saved)
-            thetas.append(rec.flat_params())
+        thetas = _blow_up_at(model, opt, rec, 5, 6)
     assert (rec.rows_done, rec.rows_skipped) == (5, 1)
     total, decay = rec.window_rows()
     torch.testing.assert_close(total, torch.stack([thetas[4] - thetas[3], thetas[6] - thetas[5]]), rtol=0, atol=0)

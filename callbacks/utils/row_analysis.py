@@ -119,10 +119,11 @@ def row_inner64(rings: dict[str, Tensor], slot: int, theta: Any, pairs: list[Pai
             dot_acc[(a, b)].add_(torch.dot(vec[a], vec[b]))
     out: dict[Pair, Tensor] = {}
     for a, b in pairs:
+        read_off = None if a in rings else at_slot(a, b)
         if a in rings:
             out[(a, b)] = ring_acc[(a, b)]
-        elif at_slot(a, b) is not None:
-            out[(a, b)] = ring_acc[at_slot(a, b)][slot]
+        elif read_off is not None:
+            out[(a, b)] = ring_acc[read_off][slot]
         else:
             out[(a, b)] = dot_acc[tuple(sorted((a, b)))]
     return out

@@ -2,7 +2,10 @@
 single-process rows, spectra and grad% — the sharded case through one all-reduce of w×w products.
 
 The workers are spawned, never forked (a fork after torch's thread pools exist can deadlock), and a
-deadline kills them and fails the test instead of letting a hung worker stall the run."""
+deadline kills them and fails the test instead of letting a hung worker stall the run. Gloo is
+pinned to the loopback interface: left alone it resolves the host name, which can stall on a
+machine whose DNS is cut off. A worker still running near the deadline prints its stacks."""
+import faulthandler
 import os
 import socket
 import time
@@ -71,7 +74,8 @@ def _sharded_run(lo, hi, sharded):
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    faulthandler.dump_traceback_later(DEADLINE_S // 2, exit=False)  # shown under "Captured stderr" if it hangs
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -85,6 +89,7 @@ def _worker(rank, world, port, out_dir):
         os.path.join(out_dir, f"rank{rank}.pt"),
     )
     dist.destroy_process_group()
+    faulthandler.cancel_dump_traceback_later()
 
 
 def _free_port():

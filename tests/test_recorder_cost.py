@@ -85,6 +85,14 @@ def test_one_pass_products_equal_inner64(pairs):
             assert not torch.equal(got[(a, b)], torch.zeros_like(want))
 
 
+@pytest.mark.parametrize("sizes, size", [([27, 3, 17, 33], 16), ([5, 1, 1, 40], 8), ([16, 16], 16), ([7], 30), ([2, 9, 4], 3)])
+def test_pieces_split_like_the_concatenation(sizes, size):
+    flat = torch.arange(float(sum(sizes)))
+    got = FlatPieces(list(flat.split(sizes))).split(size)
+    want = flat.split(size)
+    assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 class _NoClosureCall(torch.optim.Optimizer):
     def __init__(self, params, lr):
         super().__init__(params, {"lr": lr})

@@ -76,13 +76,36 @@ class FlatPieces:
             start, i = min(stop, hi), i + 1
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def split(self, size: int) -> list[Tensor]:
+        """Consecutive blocks of ``size`` entries (the last one shorter), like ``Tensor.split``: views, but for a
+        block that straddles two pieces."""
+        blocks, carry = [], []  # carry: the parts of a block begun in earlier pieces
+        for piece in self.pieces:
+            have = sum(t.numel() for t in carry)
+            head = min(size - have, piece.numel()) if carry else 0
+            if carry:
+                carry.append(piece[:head])
+                if have + head < size:
+                    continue
+                blocks.append(torch.cat(carry))
+                carry = []
+            whole = (piece.numel() - head) // size * size
+            if whole:
+                blocks.extend(piece[head : head + whole].split(size))
+            if head + whole < piece.numel():
+                carry = [piece[head + whole :]]
+        if carry:
+            blocks.append(torch.cat(carry) if len(carry) > 1 else carry[0])
+        return blocks
+
 
 def row_inner64(rings: dict[str, Tensor], slot: int, theta: Any, pairs: list[Pair]) -> dict[Pair, Tensor]:
     """Every requested product a · b in one pass over P, accumulated in float64 like ``inner64``: a ring [S, P]
     (-> [S], every slot) or a vector [P] (-> 0-dim) times a vector. The new row's vectors are its ring slot
     (``total`` = ring_total[slot], ``wd`` = ring_wd[slot]), so a vector product is read off a ring product at the slot
     where one is computed anyway; θ is a Tensor or ``FlatPieces`` (None when no pair reads it). Each float32 entry is
-    read from memory once and converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.8)."""
+    read from memory once and converted to float64 in cache-sized blocks of ROW_CHUNK entries (docs/methods.md §4.8);
+    the loop over blocks only copies and multiplies views laid out before it (at P ≈ 10⁷ it runs ~10³ times)."""
     wanted = sorted({(a, b) for a, b in pairs if a in rings})  # (ring, column) matrix-vector products
 
     def at_slot(a: str, b: str) -> Optional[Pair]:
@@ -94,29 +117,33 @@ def row_inner64(rings: dict[str, Tensor], slot: int, theta: Any, pairs: list[Pai
     dots = sorted({tuple(sorted((a, b))) for a, b in pairs if a not in rings and at_slot(a, b) is None})
     names = sorted({b for _, b in wanted} | {x for d in dots for x in d})  # vectors read
     full = sorted({r for r, _ in wanted})  # rings read whole
+    own = [u for u in names if ROW_OF.get(u) not in full]  # vectors copied on their own (θ, a slot of an unread ring)
     source = {"theta": theta, **{u: rings[r][slot] for u, r in ROW_OF.items()}}
     n, dev = rings["ring_total"].shape[1], rings["ring_total"].device
     chunk = min(ROW_CHUNK, n)
-    blocks = {r: torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in full}  # [S, chunk]
-    own = {u: torch.empty(chunk, dtype=torch.float64, device=dev) for u in names if ROW_OF.get(u) not in full}
+    sources = [rings[r].split(chunk, dim=1) for r in full] + [source[u].split(chunk) for u in own]  # float32 blocks
+    scratch = [torch.empty(rings[r].shape[0], chunk, dtype=torch.float64, device=dev) for r in full]  # [S, chunk]
+    scratch += [torch.empty(chunk, dtype=torch.float64, device=dev) for _ in own]  # [chunk]
     ring_acc = {pair: torch.zeros(rings[pair[0]].shape[0], dtype=torch.float64, device=dev) for pair in wanted}
-    dot_acc = {pair: torch.zeros((), dtype=torch.float64, device=dev) for pair in dots}
-    for start in range(0, n, ROW_CHUNK):
-        stop = min(start + ROW_CHUNK, n)
-        block = {r: blocks[r][:, : stop - start] for r in full}
-        for r in full:
-            block[r].copy_(rings[r][:, start:stop])
-        vec = {}
-        for u in names:
-            if ROW_OF.get(u) in full:
-                vec[u] = block[ROW_OF[u]][slot]
-            else:
-                vec[u] = own[u][: stop - start]
-                vec[u].copy_(source[u][start:stop])
-        for r, b in wanted:  # one matrix-vector product per column: faster than a [S, n_cols] gemm here
-            ring_acc[(r, b)].addmv_(block[r], vec[b])
-        for a, b in dots:
-            dot_acc[(a, b)].add_(torch.dot(vec[a], vec[b]))
+    dot_acc = {pair: torch.zeros(1, dtype=torch.float64, device=dev) for pair in dots}
+
+    def layout(width: int) -> tuple[list[Tensor], list[tuple[Any, Tensor, Tensor]]]:
+        """The float64 blocks of ``width`` entries, and every product as (accumulator's addmv_, matrix, vector) on them."""
+        blocks = [b[..., :width] for b in scratch]
+        block = dict(zip(full + own, blocks))
+        vec = {u: block[ROW_OF[u]][slot] if u not in own else block[u] for u in names}
+        products = [(ring_acc[(r, b)].addmv_, block[r], vec[b]) for r, b in wanted]
+        products += [(dot_acc[(a, b)].addmv_, vec[a][None], vec[b]) for a, b in dots]  # a · b as a [1, width] matvec
+        return blocks, products
+
+    blocks, products = layout(chunk)
+    for parts in zip(*sources):
+        if parts[0].shape[-1] != chunk:  # the last, shorter block
+            blocks, products = layout(parts[0].shape[-1])
+        for block, part in zip(blocks, parts):
+            block.copy_(part)
+        for addmv_, matrix, vector in products:
+            addmv_(matrix, vector)
     out: dict[Pair, Tensor] = {}
     for a, b in pairs:
         read_off = None if a in rings else at_slot(a, b)
@@ -125,7 +152,7 @@ def row_inner64(rings: dict[str, Tensor], slot: int, theta: Any, pairs: list[Pai
         elif read_off is not None:
             out[(a, b)] = ring_acc[read_off][slot]
         else:
-            out[(a, b)] = dot_acc[tuple(sorted((a, b)))]
+            out[(a, b)] = dot_acc[tuple(sorted((a, b)))][0]
     return out
 
 

@@ -2,13 +2,15 @@
 single-process rows, spectra and grad% — the sharded case through one all-reduce of w×w products.
 
 The workers are spawned, never forked (a fork after torch's thread pools exist can deadlock), and a
-deadline kills them and fails the test instead of letting a hung worker stall the run. Gloo is
-pinned to the loopback interface: left alone it resolves the host name, which can stall on a
-machine whose DNS is cut off. A worker still running near the deadline prints its stacks."""
+deadline kills them instead of letting a hung worker stall the run: a first hang is retried once on a
+fresh port (with a warning), a second fails the test. Gloo is pinned to the loopback interface: left
+alone it resolves the host name, which can stall on a machine whose DNS is cut off. A worker still
+running halfway to the deadline prints its stacks (shown with the test's output if it fails)."""
 import faulthandler
 import os
 import socket
 import time
+import warnings
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -24,7 +26,7 @@ from callbacks import EdgeDecomposer, GramSpectrum, UpdateRecorder
 from oracle import ADAMW, MemoryLogger, TinyAttention, assert_metrics_close, make_loader
 
 STEPS, FULL = 6, 40
-DEADLINE_S = 240  # each spawned worker re-imports lightning (~6 s alone, ~15 s for two on two cores; far more beside other jobs)
+DEADLINE_S = 150  # a run takes ~20 s here (each spawned worker re-imports lightning); far more beside other jobs
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)  # gloo gives up on a peer that never answers
 
 
@@ -98,13 +100,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _join_within(context, seconds):
-    """Wait for every worker (a worker's failure is re-raised); past ``seconds``, kill them all and fail."""
+def _join_within(context, seconds, fail=True):
+    """Wait for every worker (a worker's failure is re-raised): True once all are done. Past ``seconds``, kill them
+    all and fail (``fail``) or return False."""
     deadline = time.monotonic() + seconds
     try:
         while not context.join(timeout=max(0.0, deadline - time.monotonic())):
             if time.monotonic() >= deadline:
-                pytest.fail(f"distributed workers still running after {seconds} s (hung?): killed them")
+                if fail:
+                    pytest.fail(f"distributed workers still running after {seconds} s (hung?): killed them")
+                return False
+        return True
     finally:
         for process in context.processes:
             if process.is_alive():
@@ -123,12 +129,25 @@ def test_a_hung_worker_fails_at_the_deadline():
         _join_within(context, 2)
     assert time.monotonic() - start < 10
     assert not any(p.is_alive() for p in context.processes)
+    retry = mp.start_processes(_hang, nprocs=2, join=False, start_method="spawn")
+    assert _join_within(retry, 2, fail=False) is False  # the first attempt's way out: killed, no failure
+    assert not any(p.is_alive() for p in retry.processes)
+
+
+def _run_workers(tmp_path):
+    """The two workers' output folder; a hung first attempt is killed and run again once, a second hang fails."""
+    for attempt in (1, 2):
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
+        context = mp.start_processes(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=False, start_method="spawn")
+        if _join_within(context, DEADLINE_S, fail=attempt == 2):
+            return out
+        warnings.warn(f"the distributed workers hung for {DEADLINE_S} s: killed them, running them once more")
 
 
 def test_ddp_and_sharded_match_single_process(tmp_path):
-    args = (2, _free_port(), str(tmp_path))
-    _join_within(mp.start_processes(_worker, args=args, nprocs=2, join=False, start_method="spawn"), DEADLINE_S)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    out = _run_workers(tmp_path)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
     torch.manual_seed(0)
     x, y = next(iter(make_loader(16, 16)))

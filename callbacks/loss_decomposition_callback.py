@@ -13,7 +13,7 @@ from .functional.ablation import projection_removal
 from .functional.loss_decomposition import gradient_projections, importance, stability_alphas
 from .utils.causal import CausalTestCallback
 from .utils.errors import ConfigurationError, DirectionUnavailable
-from .utils.evaluation import eval_mode, evaluate, evaluation_batches, loss_gradient, perturbed
+from .utils.evaluation import eval_mode, evaluate, evaluation_batches, evaluation_set, loss_gradient, perturbed
 from .utils.param_selection import split_like
 
 PER_DIRECTION = ("alpha", "g_train", "g_val", "predicted", "actual_dloss", "actual_dacc")
@@ -104,9 +104,10 @@ class LossDecompositionCallback(CausalTestCallback):
         n = min(self.n_dirs, rows.shape[0])
         alpha = stability_alphas(rows, n, reference=self.reference_alpha)  # [n]
         with eval_mode(pl_module):
-            g_train_full = loss_gradient(pl_module, self._train_batches, params)  # [P]
-            g_val_full = loss_gradient(pl_module, batches, params)  # [P]
-            base = evaluate(pl_module, batches)
+            data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
+            g_train_full = loss_gradient(pl_module, evaluation_set(pl_module, self._train_batches), params)  # [P]
+            g_val_full = loss_gradient(pl_module, data, params)  # [P]
+            base = evaluate(pl_module, data)
             directions = []
             for k in range(1, n + 1):
                 try:
@@ -116,7 +117,7 @@ class LossDecompositionCallback(CausalTestCallback):
                                        **{key: math.nan for key in PER_DIRECTION}})
                     continue
                 with perturbed(params, split_like(theta - projection_removal(theta, v), params)):
-                    ablated = evaluate(pl_module, batches)
+                    ablated = evaluate(pl_module, data)
                 directions.append({
                     "k": k, "status": "ok", "alpha": float(alpha[k - 1]),
                     "g_train": float(gradient_projections(g_train_full, v)[0]),

@@ -1,17 +1,19 @@
 """The analyses evaluate each distinct Dyck row once, counted per copy: the same counts, losses, KL and curvature as
 evaluating every padded row (the path of a module without ``distinct_batches``)."""
 import json
+import math
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from reference_paths import dyck_eval_batches
 
-from lit_grok.callbacks import AblationCallback, GramSpectrum, PerturbationCallback, UpdateRecorder
+from lit_grok.callbacks import AblationCallback, GramSpectrum, LossDecompositionCallback, PerturbationCallback, UpdateRecorder
 from lit_grok.callbacks.functional.ablation import paired_counts
 from lit_grok.callbacks.functional.perturbation import exact_curvatures, kl_divergence
 from lit_grok.callbacks import ablation_callback as ablation_module, perturbation_callback as perturbation_module
-from lit_grok.callbacks.utils.evaluation import EvaluationSet, evaluate, evaluation_set, perturbed
+from lit_grok.callbacks import loss_decomposition_callback as decomposition_module
+from lit_grok.callbacks.utils.evaluation import EvaluationSet, evaluate, evaluation_set, loss_gradient, perturbed
 from lit_grok.data.dyck import DyckDataModule
 from lit_grok.models.dyck import DyckTransformer
 
@@ -42,6 +44,9 @@ def test_distinct_rows_give_every_rows_counts_loss_kl_and_curvature():
     fast_hvp = exact_curvatures(model, data.batches, params, direction, fast_base.token_total, data.row_counts)
     assert fast_hvp == pytest.approx(slow_hvp, rel=1e-5)
 
+    slow_grad, fast_grad = loss_gradient(model, batches, params), loss_gradient(model, data, params)
+    torch.testing.assert_close(fast_grad, slow_grad, rtol=1e-5, atol=1e-6 * float(slow_grad.abs().max()))
+
 
 def fit_causal(tmp_path, name: str) -> dict:
     torch.manual_seed(0)
@@ -49,12 +54,15 @@ def fit_causal(tmp_path, name: str) -> dict:
                                 json_path=str(tmp_path / f"{name}_ablation.json"))
     perturbation = PerturbationCallback(steps=[12], directions=[1, 2], n_random=1, max_batches=1,
                                         json_path=str(tmp_path / f"{name}_perturbation.json"))
+    decomposition = LossDecompositionCallback(steps=[12], n_dirs=3, max_batches=2,
+                                              json_path=str(tmp_path / f"{name}_decomposition.json"))
     trainer = pl.Trainer(max_steps=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0, accelerator="cpu", devices=1,
-                         callbacks=[UpdateRecorder(interval=4, window=3), GramSpectrum(top_k=3), ablation, perturbation])
+                         callbacks=[UpdateRecorder(interval=4, window=3), GramSpectrum(top_k=3), ablation, perturbation,
+                                    decomposition])
     trainer.fit(DyckTransformer(lr=3e-3), DyckDataModule())
     return {kind: json.loads((tmp_path / f"{name}_{kind}.json").read_text())["results"][0]
-            for kind in ("ablation", "perturbation")}
+            for kind in ("ablation", "perturbation", "decomposition")}
 
 
 def numbers(tree, path=""):
@@ -66,23 +74,26 @@ def numbers(tree, path=""):
     return {path: tree} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
 
 
-def test_ablation_and_perturbation_results_equal_the_every_row_path(tmp_path, monkeypatch):
+def test_analysis_results_equal_the_every_row_path(tmp_path, monkeypatch):
     fast = fit_causal(tmp_path, "fast")
-    for module in (ablation_module, perturbation_module):  # the path of a module without distinct_batches
+    for module in (ablation_module, perturbation_module, decomposition_module):  # a module without distinct_batches
         monkeypatch.setattr(module, "evaluation_set", lambda pl_module, batches: EvaluationSet(list(batches)))
     slow = fit_causal(tmp_path, "slow")
     for kind in slow:
         want, got = numbers(slow[kind]), numbers(fast[kind])
         assert want.keys() == got.keys()
+        assert any(not math.isnan(v) for k, v in want.items() if k.endswith("g_val")) or kind != "decomposition"
         for key, value in want.items():
-            if "/ci_sequence" in key:  # float sums over sequences, in another order
+            if isinstance(value, float) and math.isnan(value):
+                assert math.isnan(got[key]), key
+            elif "/ci_sequence" in key:  # float sums over sequences, in another order
                 assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
-            elif key.endswith(("lost", "gained", "trials", "accuracy", "delta_acc")) or "/ci" in key:
+            elif key.endswith(("lost", "gained", "trials", "accuracy", "delta_acc", "actual_dacc")) or "/ci" in key:
                 assert got[key] == value, key  # counts, and what only counts decide, are equal
             elif key.endswith("/fd"):  # (L+ + L- - 2 L0) / eps^2: 1e-6 relative rounding of each loss, over eps^2
                 noise = 4e-6 * slow[kind]["base"]["loss"] / slow[kind]["fd_eps"] ** 2
                 assert got[key] == pytest.approx(value, abs=noise), key
-            elif "delta_loss" in key or "/kl" in key or "max_kl" in key:
+            elif "delta_loss" in key or "actual_dloss" in key or "/kl" in key or "max_kl" in key:
                 assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key  # differences of rounded losses
             else:
                 assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key

@@ -173,20 +173,27 @@ def perturbed(params: Sequence[Tensor], new_values: Sequence[Tensor]) -> Iterato
                 p.copy_(s)
 
 
-def loss_gradient(pl_module: EvaluableModule, batches: Sequence[Any], params: Sequence[Tensor]) -> Tensor:
-    """∇ of the token-weighted mean cross-entropy over all ``batches`` (one full batch) w.r.t. ``params``, flat [P]
-    float64 in their order; raw (no clipping), through ``torch.autograd.grad`` so no ``.grad`` is touched."""
+def loss_gradient(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], params: Sequence[Tensor]) -> Tensor:
+    """∇ of the token-weighted mean cross-entropy over all batches (one full batch) w.r.t. ``params``, flat [P]
+    float64 in their order, every row weighted by its count; raw (no clipping), through ``torch.autograd.grad`` so
+    no ``.grad`` is touched."""
+    data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
     total, count = None, 0
     with torch.enable_grad():
-        for batch in batches:
-            logits, targets, _ = pl_module.labelled_logits(batch)  # [N, C], [N]
+        for i, batch in enumerate(data.batches):
+            logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            loss = F.cross_entropy(logits, targets, reduction="sum")
+            if data.row_counts is None:
+                loss = F.cross_entropy(logits, targets, reduction="sum")
+                count += targets.numel()
+            else:
+                copies = data.row_counts[i].to(seq.device)[seq]  # [N] copies of each token
+                loss = (F.cross_entropy(logits, targets, reduction="none") * copies).sum()
+                count += int(copies.sum())
             grads = torch.autograd.grad(loss, list(params), allow_unused=True)
             flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
                               for g, p in zip(grads, params)])
             total = flat if total is None else total + flat
-            count += targets.numel()
     if total is None or count == 0:
         raise ConfigurationError("loss_gradient got no labelled token to differentiate")
     return total / count

@@ -147,7 +147,8 @@ class Variant:
     def mean(self, rows: bool | None = None, inside: bool = False) -> float:
         """Mean CPU seconds per timed step (of the steps that completed a row or did not, if ``rows`` says which);
         ``inside``: only the time in the recorder's and analyses' code."""
-        picked = [t for t, (_, r) in zip(self.inside if inside else [t for t, _ in self.times], self.times) if rows is None or r == rows]
+        seconds = self.inside if inside else [t for t, _ in self.times]
+        picked = [t for t, (_, row) in zip(seconds, self.times) if rows is None or row == rows]
         return sum(picked) / len(picked) if picked else float("nan")
 
     def per_step(self, every_step: "Variant | None", inside: bool = False) -> tuple[float, bool]:
@@ -214,6 +215,7 @@ def main() -> None:
         print(f"| {v.name} | {v.recorder.selection.numel / 1e6:.2f} M | {1e3 * seconds:.1f}{est} | "
               f"{100 * (seconds / (sum(refs) / len(refs)) - 1):+.1f} %{est} | {spread} | "
               f"{1e3 * own:.1f} ms ({100 * own / plain.mean():.1f} %){est} | {v.extra_copies():.2f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,6 @@ logs them on rank zero, and keeps the latest values and an optional history.
 """
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import weakref
@@ -55,26 +54,10 @@ def inner64(a: Tensor, b: Tensor) -> Tensor:
 
 
 class FlatPieces:
-    """The concatenation of flat tensors [n_i] read by slices without materialising it (θ from the parameters)."""
+    """The concatenation of flat tensors [n_i] (θ from the parameters), read in blocks without materialising it."""
 
     def __init__(self, pieces: list[Tensor]) -> None:
         self.pieces = pieces
-        self.starts = [0]
-        for t in pieces:
-            self.starts.append(self.starts[-1] + t.numel())
-        self.shape = (self.starts[-1],)
-        self.device = pieces[0].device
-
-    def __getitem__(self, cut: slice) -> Tensor:
-        """Entries [cut.start, cut.stop) (a view when they lie in one piece)."""
-        start, stop = cut.start, cut.stop
-        parts = []
-        i = bisect.bisect_right(self.starts, start) - 1
-        while start < stop:
-            lo, hi = self.starts[i], self.starts[i + 1]
-            parts.append(self.pieces[i][start - lo : min(stop, hi) - lo])
-            start, i = min(stop, hi), i + 1
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def split(self, size: int) -> list[Tensor]:
         """Consecutive blocks of ``size`` entries (the last one shorter), like ``Tensor.split``: views, but for a

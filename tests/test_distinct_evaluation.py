@@ -23,7 +23,7 @@ def test_distinct_rows_give_every_rows_counts_loss_kl_and_curvature():
     model, dm = DyckTransformer().eval(), DyckDataModule()
     batches = dyck_eval_batches(dm)["val"][:3]  # 1536 rows, of which many repeat
     data = evaluation_set(model, batches)
-    assert sum(len(b[0]) for b in data.batches) < 1536 and int(sum(c.sum() for c in data.row_counts)) == 1536
+    assert sum(len(c) for c in data.row_counts) < 1536 and int(sum(c.sum() for c in data.row_counts)) == 1536
     params = [p for name, p in model.named_parameters() if "self_attn" in name and "weight" in name]
     shifted = [p + 0.3 * torch.randn_like(p) for p in params]  # enough to flip some predictions
 
@@ -93,6 +93,9 @@ def test_analysis_results_equal_the_every_row_path(tmp_path, monkeypatch):
             elif key.endswith("/fd"):  # (L+ + L- - 2 L0) / eps^2: 1e-6 relative rounding of each loss, over eps^2
                 noise = 4e-6 * slow[kind]["base"]["loss"] / slow[kind]["fd_eps"] ** 2
                 assert got[key] == pytest.approx(value, abs=noise), key
+            elif key.endswith(("g_train", "g_val")):  # a projection of the gradient: its rounding is the whole gradient's
+                norm = slow[kind]["grad_norm_" + key.rsplit("_", 1)[1]]
+                assert got[key] == pytest.approx(value, abs=1e-6 * norm), key
             elif "delta_loss" in key or "actual_dloss" in key or "/kl" in key or "max_kl" in key:
                 assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key  # differences of rounded losses
             else:

@@ -12,9 +12,11 @@ from callbacks import ConfigurationError, ProbeTarget, sequence_keys
 from lit_grok.data.common import IGNORE
 from lit_grok.data.sampling import first_copy_counts
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy
+from lit_grok.models.prefix import PrefixBatch, prefix_batch, prefix_self_attention
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
-EVAL_CHUNK = 128  # rows per forward of the length-sorted evaluation
+EVAL_CHUNK = 128  # rows per attention chunk of the length-sorted evaluation
+PREFIX_ROWS = 1024  # distinct rows per prefix tree of the analyses (lexicographic neighbours share most prefixes)
 
 
 class DyckTransformer(GrokModule):
@@ -72,6 +74,15 @@ class DyckTransformer(GrokModule):
         h = self.encoder(h, mask=mask, is_causal=True)
         return self.head(self.ln_f(h))
 
+    def prefix_logits(self, batch: PrefixBatch) -> Tensor:
+        """Logits [N, n_classes] of every node of ``batch``'s prefix tree: ``forward``'s layers, the position-wise ones
+        once per distinct prefix (the causal model gives every position of a prefix the same hidden state)."""
+        h = self.tok_emb(batch.tokens) + self.pos_emb(batch.depth)  # [N, d]
+        for layer in self.encoder.layers:  # pre-LN blocks (norm_first, as built above)
+            h = h + prefix_self_attention(layer.self_attn, layer.norm1(h), batch)
+            h = h + layer._ff_block(layer.norm2(h))
+        return self.head(self.ln_f(h))
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         loss = masked_cross_entropy(self(x), y)
@@ -107,17 +118,28 @@ class DyckTransformer(GrokModule):
         self.validation_step(batch, batch_idx, 0)
 
     # --- what the analysis callbacks use (callbacks.utils.protocols) ---
-    def labelled_logits(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    def labelled_logits(self, batch: tuple[Tensor, ...] | PrefixBatch) -> tuple[Tensor, Tensor, Tensor]:
+        if isinstance(batch, PrefixBatch):  # from distinct_batches
+            return batch.labelled(self.prefix_logits(batch))
         x, y = batch[:2]  # training (x, y) or evaluation (x, y, copies): every row, padded
         return labelled_positions(self(x), y)
 
-    def distinct_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
-        """The distinct rows of ``batches`` with their counts, longest first in chunks trimmed after their last label
-        (the causal model gives those positions the logits of the padded batch): what the analyses evaluate."""
+    def distinct_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[PrefixBatch, Tensor]]:
+        """The distinct rows of ``batches`` with their counts, as prefix trees of up to PREFIX_ROWS lexicographic
+        neighbours in length-sorted chunks trimmed after their last label (the causal model gives those positions
+        the logits of the padded batch): what the analyses evaluate."""
         x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))  # [N, T] each
         copies = first_copy_counts(x, y)  # [N]
-        return [((x[rows, :T], y[rows, :T]), copies[rows])
-                for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (copies > 0).nonzero().squeeze(1))]
+        rows = (copies > 0).nonzero().squeeze(1)  # [R] the distinct rows
+        for t in reversed(range(x.shape[1])):  # sorted by their tokens, lexicographically (last column first, stable)
+            rows = rows[x[rows, t].argsort(stable=True)]
+        out = []
+        for group in rows.split(PREFIX_ROWS):
+            chunks = length_sorted_chunks(y, EVAL_CHUNK, group)  # rows without a label drop out
+            if chunks:
+                order = torch.cat([chunk_rows for chunk_rows, _ in chunks])  # the batch's rows in stream order
+                out.append((prefix_batch(x, y, chunks, self.hparams.n_heads), copies[order]))
+        return out
 
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]

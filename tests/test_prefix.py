@@ -1,0 +1,66 @@
+"""The prefix tree of a causal model's rows: one node per distinct prefix, and logits equal to the padded forward's."""
+import torch
+
+from lit_grok.data.common import IGNORE
+from lit_grok.models.common import length_sorted_chunks
+from lit_grok.models.dyck import DyckTransformer
+from lit_grok.models.prefix import prefix_batch, prefix_nodes
+
+
+def rows_with_shared_prefixes(n: int = 60, T: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows (PAD = 2 after each row's length) sharing prefixes, and depth-like targets on the real tokens."""
+    g = torch.Generator().manual_seed(seed)
+    stems = torch.randint(0, 2, (4, T), generator=g)
+    x = stems[torch.randint(0, 4, (n,), generator=g)]
+    cut = torch.randint(0, T, (n,), generator=g)  # rows share the stem up to cut, then go their own way
+    tails = torch.randint(0, 2, (n, T), generator=g)
+    x = torch.where(torch.arange(T) >= cut[:, None], tails, x)
+    length = torch.randint(1, T + 1, (n,), generator=g)
+    length[:3] = torch.tensor([1, T, T])
+    real = torch.arange(T) < length[:, None]
+    x[~real] = 2
+    y = torch.where(real, torch.randint(0, 13, (n, T), generator=g), torch.full_like(x, IGNORE))
+    return torch.cat([x, x[:5]]), torch.cat([y, y[:5]])  # and five exact copies
+
+
+def test_a_node_per_distinct_prefix():
+    x, y = rows_with_shared_prefixes()
+    length = ((y != IGNORE) * torch.arange(1, 25)).amax(1)
+    node, tokens, depth = prefix_nodes(x, length)
+    seen = {}
+    for r in range(len(x)):
+        for t in range(24):
+            if t < length[r]:
+                key = tuple(x[r, : t + 1].tolist())
+                assert seen.setdefault(key, int(node[r, t])) == int(node[r, t])  # equal prefixes, one node
+                assert (int(tokens[node[r, t]]), int(depth[node[r, t]])) == (int(x[r, t]), t)
+            else:
+                assert node[r, t] == node[r, length[r] - 1]  # padding repeats the row's last real node
+    assert len(set(seen.values())) == len(seen) == len(tokens)  # distinct prefixes, distinct nodes, no others
+    assert (depth.diff() >= 0).all()  # numbered depth by depth
+
+
+def test_prefix_logits_equal_the_padded_forward_and_its_gradient():
+    torch.manual_seed(1)
+    model = DyckTransformer().eval()
+    x, y = rows_with_shared_prefixes()
+    chunks = length_sorted_chunks(y, 16)
+    batch = prefix_batch(x, y, chunks, model.hparams.n_heads)
+    assert len(batch.tokens) < int((y != IGNORE).sum())  # shared prefixes are evaluated once
+
+    padded = model(x)  # [B, T, C]
+    node_logits = model.prefix_logits(batch)
+    for (rows, T), logits in zip(chunks, batch.chunk_logits(node_logits)):
+        real = y[rows, :T] != IGNORE
+        torch.testing.assert_close(logits[real], padded[rows, :T][real], rtol=1e-5, atol=1e-5)
+    logits, targets, row = model.labelled_logits(batch)
+    order = torch.cat([rows for rows, _ in chunks])
+    assert torch.equal(targets, y[order][y[order] != IGNORE])  # every labelled token once, rows in stream order
+    assert torch.equal(row, torch.arange(len(order))[:, None].expand(-1, 24)[y[order] != IGNORE])
+
+    params = [p for name, p in model.named_parameters() if "self_attn" in name]
+    def gradient(loss):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+    want = gradient(torch.nn.functional.cross_entropy(padded[y != IGNORE], y[y != IGNORE], reduction="sum"))
+    got = gradient(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

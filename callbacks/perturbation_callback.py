@@ -24,6 +24,7 @@ from .utils.errors import ConfigurationError, DirectionUnavailable
 from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.hidden_states import attention_modules, captured_attention
 from .utils.param_selection import split_like
+from .utils.protocols import DistinctPaddedRowsModule
 from .utils.results import unavailable
 
 REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (docs/methods.md §6.1)
@@ -219,10 +220,19 @@ def attention_state(pl_module: pl.LightningModule, batches: list[Any]) -> dict[s
     """Attention entropy of every ``nn.MultiheadAttention`` on ``batches`` (mean over sequences, heads and every
     query, pads included; then over modules) and the mean W_Q/W_K commutator norm (docs/methods.md §6.1)."""
     modules = attention_modules(pl_module, None, "PerturbationCallback")
+    pairs = (pl_module.distinct_padded_batches(batches) if isinstance(pl_module, DistinctPaddedRowsModule)
+             else [(batch, None) for batch in batches])  # each distinct row once with its count, when the module can
     with captured_attention(pl_module, None, "PerturbationCallback") as store:
-        for batch in batches:
+        for batch, _ in pairs:
             pl_module.labelled_logits(batch)
-    entropy = [float(head_entropy(torch.cat(store[name]), None).mean()) for name in modules]  # [H] per module, meaned
+    counts = None if pairs[0][1] is None else torch.cat([c for _, c in pairs])  # [B] copies of each row
+    entropy = []
+    for name in modules:
+        probs = torch.cat(store[name])  # [B, H, T, S]
+        if counts is not None and len(probs) != len(counts):
+            raise ConfigurationError(f"PerturbationCallback: attention module {name!r} ran more than once per forward; "
+                                     "set attention_curves=False")
+        entropy.append(float(head_entropy(probs, None, counts).mean()))  # [H] per module, meaned
     commutators = [qk_commutator(m.in_proj_weight) for m in modules.values() if m.in_proj_weight is not None]
     return {"attention_entropy": float(np.mean(entropy)),
             "qk_commutator": float(np.mean(commutators)) if commutators else math.nan}

@@ -278,3 +278,14 @@ def test_fourier_attention_run_works_on_a_checkpointed_model_without_a_trainer()
     want = [np.mean([-(p[:t + 1] * np.log(p[:t + 1])).sum() for p_b, m in zip(probs[1][:, h], qmask)
                      for t, p in enumerate(p_b) if m[t]]) for h in range(2)]
     np.testing.assert_allclose(result["attention"]["encoder.layers.1.self_attn"]["entropy"], want, rtol=1e-5)
+
+
+def test_head_entropy_counts_a_row_as_its_copies():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(5, 2, 6, 6), -1)  # [B, H, T, S]
+    counts = torch.tensor([3, 1, 0, 2, 1])
+    copies = probs.repeat_interleave(counts, 0)  # every row written out as often as it counts
+    mask = torch.rand(5, 6) > 0.3
+    for query_mask, copied_mask in ((None, None), (mask, mask.repeat_interleave(counts, 0))):
+        torch.testing.assert_close(head_entropy(probs, query_mask, counts), head_entropy(copies, copied_mask),
+                                   rtol=1e-12, atol=0)

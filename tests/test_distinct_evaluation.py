@@ -52,7 +52,7 @@ def fit_causal(tmp_path, name: str) -> dict:
     torch.manual_seed(0)
     ablation = AblationCallback(steps=[12], sets={"edge": [1], "bulk": [2]}, n_trials=2, seed=1, max_batches=2,
                                 json_path=str(tmp_path / f"{name}_ablation.json"))
-    perturbation = PerturbationCallback(steps=[12], directions=[1, 2], n_random=1, max_batches=1,
+    perturbation = PerturbationCallback(steps=[12], directions=[1, 2], n_random=1, max_batches=1, attention_curves=True,
                                         json_path=str(tmp_path / f"{name}_perturbation.json"))
     decomposition = LossDecompositionCallback(steps=[12], n_dirs=3, max_batches=2,
                                               json_path=str(tmp_path / f"{name}_decomposition.json"))
@@ -78,11 +78,13 @@ def test_analysis_results_equal_the_every_row_path(tmp_path, monkeypatch):
     fast = fit_causal(tmp_path, "fast")
     for module in (ablation_module, perturbation_module, decomposition_module):  # a module without distinct_batches
         monkeypatch.setattr(module, "evaluation_set", lambda pl_module, batches: EvaluationSet(list(batches)))
+    monkeypatch.setattr(perturbation_module, "DistinctPaddedRowsModule", type("Nothing", (), {}))  # nor the padded rows
     slow = fit_causal(tmp_path, "slow")
     for kind in slow:
         want, got = numbers(slow[kind]), numbers(fast[kind])
         assert want.keys() == got.keys()
         assert any(not math.isnan(v) for k, v in want.items() if k.endswith("g_val")) or kind != "decomposition"
+        assert any(k.endswith("attention_entropy") for k in want) or kind != "perturbation"
         for key, value in want.items():
             if isinstance(value, float) and math.isnan(value):
                 assert math.isnan(got[key]), key

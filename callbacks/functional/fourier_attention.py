@@ -115,9 +115,12 @@ def _query_weights(probs: Tensor, query_mask: Tensor | None) -> Tensor:
     return mask.to(torch.float64)  # [B, T]
 
 
-def head_entropy(probs: Tensor, query_mask: Tensor | None = None) -> Tensor:
-    """−Σ_s p log p (0·log 0 = 0) of probs [B, H, T, S], averaged over valid queries (all if no mask) -> [H]."""
+def head_entropy(probs: Tensor, query_mask: Tensor | None = None, row_counts: Tensor | None = None) -> Tensor:
+    """−Σ_s p log p (0·log 0 = 0) of probs [B, H, T, S], averaged over valid queries (all if no mask) -> [H];
+    ``row_counts`` [B]: each row stands for that many identical rows (None: one each)."""
     w = _query_weights(probs, query_mask)  # [B, T]
+    if row_counts is not None:
+        w = w * row_counts.to(w)[:, None]
     p = probs.to(torch.float64)
     ent = -torch.xlogy(p, p).sum(-1)  # [B, H, T]
     ent = torch.where(w[:, None] > 0, ent, 0.0)  # a masked query may be NaN (no key to attend to)

@@ -40,6 +40,17 @@ class DistinctRowsModule(Protocol):
         ...
 
 
+@runtime_checkable
+class DistinctPaddedRowsModule(Protocol):
+    """Optional, for speed where every position counts (the perturbation's attention curves average over every
+    padded query): each distinct row once, as given, counted as often as it occurs."""
+
+    def distinct_padded_batches(self, batches: Sequence[Any]) -> list[tuple[Any, Tensor]]:
+        """(batch, row counts [B] int64) pairs holding each distinct row of ``batches`` once, exactly as given (the
+        same positions and padding, so every module sees the same rows), with its number of copies."""
+        ...
+
+
 @dataclass
 class ProbeTarget:
     """A per-token probe target aligned with a hidden state [B, T, D] of some module."""

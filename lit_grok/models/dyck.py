@@ -141,6 +141,14 @@ class DyckTransformer(GrokModule):
                 out.append((prefix_batch(x, y, chunks, self.hparams.n_heads), copies[order]))
         return out
 
+    def distinct_padded_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
+        """The distinct rows of ``batches`` as given (padded, in their order of first occurrence) with their counts,
+        in batches of the given size: what the attention curves evaluate."""
+        x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))  # [N, T] each
+        copies = first_copy_counts(x, y)  # [N]
+        rows = (copies > 0).nonzero().squeeze(1)  # [R]
+        return [((x[chunk], y[chunk]), copies[chunk]) for chunk in rows.split(len(batches[0][0]))]
+
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]
         mask = y != IGNORE

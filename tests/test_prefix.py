@@ -49,14 +49,12 @@ def test_prefix_logits_equal_the_padded_forward_and_its_gradient():
     assert len(batch.tokens) < int((y != IGNORE).sum())  # shared prefixes are evaluated once
 
     padded = model(x)  # [B, T, C]
-    node_logits = model.prefix_logits(batch)
-    for (rows, T), logits in zip(chunks, batch.chunk_logits(node_logits)):
-        real = y[rows, :T] != IGNORE
-        torch.testing.assert_close(logits[real], padded[rows, :T][real], rtol=1e-5, atol=1e-5)
     logits, targets, row = model.labelled_logits(batch)
-    order = torch.cat([rows for rows, _ in chunks])
-    assert torch.equal(targets, y[order][y[order] != IGNORE])  # every labelled token once, rows in stream order
-    assert torch.equal(row, torch.arange(len(order))[:, None].expand(-1, 24)[y[order] != IGNORE])
+    order = torch.cat([rows for rows, _ in chunks])  # the rows in stream order
+    labelled = y[order] != IGNORE  # [B, T]
+    torch.testing.assert_close(logits, padded[order][labelled], rtol=1e-5, atol=1e-5)
+    assert torch.equal(targets, y[order][labelled])  # every labelled token once
+    assert torch.equal(row, torch.arange(len(order))[:, None].expand(-1, 24)[labelled])
 
     params = [p for name, p in model.named_parameters() if "self_attn" in name]
     def gradient(loss):

@@ -33,11 +33,6 @@ class PrefixBatch:
         keep = self.targets != IGNORE  # [S]
         return node_logits[self.stream[keep]], self.targets[keep], self.row[keep]
 
-    def chunk_logits(self, node_logits: Tensor) -> list[Tensor]:
-        """Each chunk's logits [b, T, C], the padded batch's at every real position."""
-        streamed = node_logits[self.stream]  # [S, C]
-        return [block.unflatten(0, shape) for block, shape in zip(streamed.split([b * T for b, T in self.shapes]), self.shapes)]
-
 
 def prefix_batch(x: Tensor, y: Tensor, chunks: list[tuple[Tensor, int]], n_heads: int) -> PrefixBatch:
     """The prefix stream of rows ``x`` / ``y`` [B0, T0] taken as ``chunks`` ((row indices [b], length), as

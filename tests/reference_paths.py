@@ -10,6 +10,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from lit_grok.data.sampling import first_copy_counts
+from lit_grok.models.common import length_sorted_chunks
+
 IGNORE = -100
 
 
@@ -62,11 +65,6 @@ def prefix_greedy_decode(model, src: Tensor, max_len: int | None = None) -> tupl
 def distinct_row_chunks(x: Tensor, y: Tensor, chunk: int = 128) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
     """(padded (x, y) chunk, copies [b]) of each distinct row of ``x`` / ``y`` [N, T], longest first, every chunk
     cut after its last label: how ``DyckTransformer.distinct_batches`` laid rows out before the prefix tree."""
-    rows = torch.cat([x, y], 1)
-    _, group, counts = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)
-    first = torch.full_like(counts, len(rows)).scatter_reduce_(0, group, torch.arange(len(rows)), "amin")  # [G]
-    length = ((y[first] != IGNORE) * torch.arange(1, y.shape[1] + 1)).amax(1)  # [G]
-    order = length.argsort(descending=True, stable=True)
-    first, counts, length = first[order], counts[order], length[order]
-    return [((x[r, :int(L[0])], y[r, :int(L[0])]), c)
-            for r, c, L in zip(first.split(chunk), counts.split(chunk), length.split(chunk))]
+    copies = first_copy_counts(x, y)  # [N]
+    return [((x[rows, :T], y[rows, :T]), copies[rows])
+            for rows, T in length_sorted_chunks(y, chunk, (copies > 0).nonzero().squeeze(1))]

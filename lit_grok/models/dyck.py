@@ -128,9 +128,7 @@ class DyckTransformer(GrokModule):
         """The distinct rows of ``batches`` with their counts, as prefix trees of up to PREFIX_ROWS lexicographic
         neighbours in length-sorted chunks trimmed after their last label (the causal model gives those positions
         the logits of the padded batch): what the analyses evaluate."""
-        x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))  # [N, T] each
-        copies = first_copy_counts(x, y)  # [N]
-        rows = (copies > 0).nonzero().squeeze(1)  # [R] the distinct rows
+        x, y, copies, rows = distinct_rows(batches)
         for t in reversed(range(x.shape[1])):  # sorted by their tokens, lexicographically (last column first, stable)
             rows = rows[x[rows, t].argsort(stable=True)]
         out = []
@@ -144,9 +142,7 @@ class DyckTransformer(GrokModule):
     def distinct_padded_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
         """The distinct rows of ``batches`` as given (padded, in their order of first occurrence) with their counts,
         in batches of the given size: what the attention curves evaluate."""
-        x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))  # [N, T] each
-        copies = first_copy_counts(x, y)  # [N]
-        rows = (copies > 0).nonzero().squeeze(1)  # [R]
+        x, y, copies, rows = distinct_rows(batches)
         return [((x[chunk], y[chunk]), copies[chunk]) for chunk in rows.split(len(batches[0][0]))]
 
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
@@ -156,3 +152,11 @@ class DyckTransformer(GrokModule):
         return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=groups),
                 # +1 for "(" (id 0), -1 for ")" (id 1): the composition test's "token sign" (docs/methods.md §8.2)
                 "token_sign": ProbeTarget(values=(1 - 2 * x.clamp(max=1)).float(), mask=mask, categorical=False, groups=groups)}
+
+
+def distinct_rows(batches: list[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(x [N, T], y [N, T], copies [N], rows [R]) of ``batches`` laid end to end: each distinct (x, y) row's copies on
+    its first occurrence (``first_copy_counts``), and those first occurrences in order."""
+    x, y = (torch.cat([batch[i] for batch in batches]) for i in (0, 1))
+    copies = first_copy_counts(x, y)
+    return x, y, copies, (copies > 0).nonzero().squeeze(1)

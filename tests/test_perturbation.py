@@ -300,3 +300,23 @@ def test_attention_curves_without_attention_modules_fail_before_training(tmp_pat
     with pytest.raises(ValueError, match=r"NoAttention has no nn.MultiheadAttention to follow; set attention_curves=False"):
         trainer.fit(NoAttention())
     assert trainer.global_step == 0
+
+
+def test_attention_curves_on_distinct_rows_need_each_attention_module_once_per_forward():
+    from lit_grok.callbacks.perturbation_callback import attention_state
+    from tiny_attention_model import TinyAttention
+
+    class TwiceAttended(TinyAttention):  # the same attention module applied twice, and distinct rows offered
+        def forward(self, x):
+            h = self.emb(x)
+            mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
+            for _ in range(2):
+                h = h + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+            return self.head(h)
+
+        def distinct_padded_batches(self, batches):
+            return [(batch, torch.ones(len(batch[0]), dtype=torch.long)) for batch in batches]
+
+    batches = list(TinyAttention().val_dataloader())
+    with pytest.raises(ValueError, match=r"attention module 'attn' ran more than once per forward; set attention_curves=False"):
+        attention_state(TwiceAttended().eval(), batches)

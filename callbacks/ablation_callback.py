@@ -156,7 +156,7 @@ class AblationCallback(CausalTestCallback):
                     continue
                 sets[name] = {"status": "ok", "directions": ks, **measure(projection_removal(theta, basis))}
             controls = self._controls(theta, sets[self.matched_set], measure)
-            one_direction = self._one_direction(theta, measure, base.trials) if self.one_direction_control else None
+            one_direction = self._one_direction(theta, measure, base.trials, sets) if self.one_direction_control else None
         matched = sets[self.matched_set]
         ratios = {
             kind: ratio_interval(matched["delta_acc"], matched["ci_for_ratio"], c["delta_acc"], c["ci_for_ratio"], base.trials)
@@ -213,10 +213,13 @@ class AblationCallback(CausalTestCallback):
         controls["theta_hat"] = {"status": "ok", **measure(theta)}
         return controls
 
-    def _one_direction(self, theta: Tensor, measure: Any, trials: int) -> dict[str, Any]:
-        """v₁ removed alone against n_trials random unit directions (ref ``random_direction_controls.py``)."""
+    def _one_direction(self, theta: Tensor, measure: Any, trials: int, sets: dict[str, Any]) -> dict[str, Any]:
+        """v₁ removed alone against n_trials random unit directions (ref ``random_direction_controls.py``); a set
+        of v₁ alone is that same removal, already measured."""
+        measured = [result for result in sets.values() if result["directions"] == [1] and result["status"] == "ok"]
         try:
-            v1 = {"status": "ok", "directions": [1], **measure(projection_removal(theta, self._spectrum.directions([1]).to(theta)))}
+            v1 = measured[0] if measured else {
+                "status": "ok", "directions": [1], **measure(projection_removal(theta, self._spectrum.directions([1]).to(theta)))}
         except DirectionUnavailable as err:
             v1 = unmeasured(str(err), directions=[1])
         random = [measure(projection_removal(theta, random_subspace(1, theta.numel(), self.one_direction_seed + t).to(theta)))

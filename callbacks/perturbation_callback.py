@@ -24,7 +24,7 @@ from .utils.errors import ConfigurationError, DirectionUnavailable
 from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
 from .utils.hidden_states import attention_modules, captured_attention
 from .utils.param_selection import split_like
-from .utils.protocols import DistinctPaddedRowsModule
+from .utils.protocols import QueryAttentionModule
 from .utils.results import unavailable
 
 REFERENCE_EPS = [round(-0.03 + 0.0025 * i, 6) for i in range(25)]  # linspace(−0.03, 0.03, 25), absolute (docs/methods.md §6.1)
@@ -157,13 +157,14 @@ class PerturbationCallback(CausalTestCallback):
                 with perturbed(params, split_like(theta + eps * direction, params)):
                     return attention_state(pl_module, batches)
 
+            base_attention = attention_state(pl_module, batches) if self.attention_curves else {}
             for name, (d, info) in found.items():
                 curve = []
-                for e in self.eps:
-                    ev = at(d, e * scale)
+                for e in self.eps:  # ε = 0 is θ itself, bit for bit: the base evaluation
+                    ev = base if e == 0 else at(d, e * scale)
+                    attention = base_attention if e == 0 or not self.attention_curves else attention_at(d, e * scale)
                     curve.append({"eps": e, "eps_abs": e * scale, "loss": ev.loss, "accuracy": ev.accuracy,
-                                  "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts),
-                                  **(attention_at(d, e * scale) if self.attention_curves else {})})
+                                  "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts), **attention})
                 entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
                 if self.curvature:
                     plus, minus = at(d, fd_eps, False).loss, at(d, -fd_eps, False).loss
@@ -220,19 +221,18 @@ def attention_state(pl_module: pl.LightningModule, batches: list[Any]) -> dict[s
     """Attention entropy of every ``nn.MultiheadAttention`` on ``batches`` (mean over sequences, heads and every
     query, pads included; then over modules) and the mean W_Q/W_K commutator norm (docs/methods.md §6.1)."""
     modules = attention_modules(pl_module, None, "PerturbationCallback")
-    pairs = (pl_module.distinct_padded_batches(batches) if isinstance(pl_module, DistinctPaddedRowsModule)
-             else [(batch, None) for batch in batches])  # each distinct row once with its count, when the module can
-    with captured_attention(pl_module, None, "PerturbationCallback") as store:
-        for batch, _ in pairs:
-            pl_module.labelled_logits(batch)
-    counts = None if pairs[0][1] is None else torch.cat([c for _, c in pairs])  # [B] copies of each row
-    entropy = []
-    for name in modules:
-        probs = torch.cat(store[name])  # [B, H, T, S]
-        if counts is not None and len(probs) != len(counts):
-            raise ConfigurationError(f"PerturbationCallback: attention module {name!r} ran more than once per forward; "
-                                     "set attention_curves=False")
-        entropy.append(float(head_entropy(probs, None, counts).mean()))  # [H] per module, meaned
+    if isinstance(pl_module, QueryAttentionModule):  # each distinct query once, with its count
+        probs, counts = pl_module.query_attention(batches)
+        if missing := sorted(set(modules) - probs.keys()):
+            raise ConfigurationError(f"PerturbationCallback: {type(pl_module).__name__}.query_attention gave no attention "
+                                     f"for {missing}; return every nn.MultiheadAttention's, or set attention_curves=False")
+        queries = {name: probs[name][:, :, None] for name in modules}  # [Q, H, 1, K]: a query per row
+    else:
+        with captured_attention(pl_module, None, "PerturbationCallback") as store:
+            for batch in batches:
+                pl_module.labelled_logits(batch)
+        queries, counts = {name: torch.cat(store[name]) for name in modules}, None  # [B, H, T, S]
+    entropy = [float(head_entropy(p, None, counts).mean()) for p in queries.values()]  # [H] per module, meaned
     commutators = [qk_commutator(m.in_proj_weight) for m in modules.values() if m.in_proj_weight is not None]
     return {"attention_entropy": float(np.mean(entropy)),
             "qk_commutator": float(np.mean(commutators)) if commutators else math.nan}

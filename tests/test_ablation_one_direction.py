@@ -9,9 +9,10 @@ from callbacks.ablation_callback import AblationCallback
 from tiny_attention_model import evaluate_at, fit_tiny, flat, gram_directions
 
 
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    cb = AblationCallback(steps=[1, 4], n_trials=3, one_direction_control=True, one_direction_seed=7)
+@pytest.fixture(scope="module", params=[None, {"edge": [1, 2], "v1": [1]}], ids=["v1_measured_alone", "v1_from_its_set"])
+def fitted(tmp_path_factory, request):
+    sets = {} if request.param is None else {"sets": request.param}
+    cb = AblationCallback(steps=[1, 4], n_trials=3, one_direction_control=True, one_direction_seed=7, **sets)
     trainer, model, spy, logger = fit_tiny([cb], max_steps=4, root=str(tmp_path_factory.mktemp("one_direction")))
     return cb, spy, logger
 

@@ -78,7 +78,7 @@ def test_analysis_results_equal_the_every_row_path(tmp_path, monkeypatch):
     fast = fit_causal(tmp_path, "fast")
     for module in (ablation_module, perturbation_module, decomposition_module):  # a module without distinct_batches
         monkeypatch.setattr(module, "evaluation_set", lambda pl_module, batches: EvaluationSet(list(batches)))
-    monkeypatch.setattr(perturbation_module, "DistinctPaddedRowsModule", type("Nothing", (), {}))  # nor the padded rows
+    monkeypatch.setattr(perturbation_module, "QueryAttentionModule", type("Nothing", (), {}))  # nor the distinct queries
     slow = fit_causal(tmp_path, "slow")
     for kind in slow:
         want, got = numbers(slow[kind]), numbers(fast[kind])

@@ -302,21 +302,15 @@ def test_attention_curves_without_attention_modules_fail_before_training(tmp_pat
     assert trainer.global_step == 0
 
 
-def test_attention_curves_on_distinct_rows_need_each_attention_module_once_per_forward():
+def test_attention_curves_name_the_modules_query_attention_left_out():
     from lit_grok.callbacks.perturbation_callback import attention_state
     from tiny_attention_model import TinyAttention
 
-    class TwiceAttended(TinyAttention):  # the same attention module applied twice, and distinct rows offered
-        def forward(self, x):
-            h = self.emb(x)
-            mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
-            for _ in range(2):
-                h = h + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
-            return self.head(h)
-
-        def distinct_padded_batches(self, batches):
-            return [(batch, torch.ones(len(batch[0]), dtype=torch.long)) for batch in batches]
+    class Forgetful(TinyAttention):  # offers each query's attention once, but for no module
+        def query_attention(self, batches):
+            return {}, torch.ones(1, dtype=torch.long)
 
     batches = list(TinyAttention().val_dataloader())
-    with pytest.raises(ValueError, match=r"attention module 'attn' ran more than once per forward; set attention_curves=False"):
-        attention_state(TwiceAttended().eval(), batches)
+    with pytest.raises(ValueError, match=r"Forgetful.query_attention gave no attention for \['attn'\]; return every "
+                                         r"nn.MultiheadAttention's, or set attention_curves=False"):
+        attention_state(Forgetful().eval(), batches)

@@ -62,3 +62,33 @@ def test_prefix_logits_equal_the_padded_forward_and_its_gradient():
     want = gradient(torch.nn.functional.cross_entropy(padded[y != IGNORE], y[y != IGNORE], reduction="sum"))
     got = gradient(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_query_attention_is_every_padded_query_once_with_its_copies():
+    from callbacks.utils.hidden_states import captured_attention
+
+    torch.manual_seed(2)
+    model = DyckTransformer().eval()
+    x, y = rows_with_shared_prefixes()
+    B, T = x.shape
+    with torch.no_grad(), captured_attention(model) as store:
+        model(x)
+    padded = {name: p[0] for name, p in store.items()}  # [B, H, T, T] every padded query, pads included
+
+    # every stream position of the padded rows' tree: its node's attention is that query's own
+    rows = torch.arange(B).flip(0)  # any row order
+    tree = prefix_batch(x, y, [(rows[:40], T), (rows[40:], T)], model.hparams.n_heads, whole_rows=True)
+    probs = []
+    with torch.no_grad():
+        model.prefix_logits(tree, probs)
+    assert len(tree.tokens) < B * T  # shared prefixes are attended once
+    t = torch.arange(len(tree.stream)) % T
+    for p, want in zip(probs, padded.values()):
+        torch.testing.assert_close(p[tree.stream], want[rows[tree.row], :, t], rtol=1e-5, atol=1e-6)
+
+    # the module's counts: every padded query (the five copies too) counted once
+    attention, counts = model.query_attention([(x, y)])
+    assert attention.keys() == padded.keys() and int(counts.sum()) == B * T
+    for name, want in padded.items():
+        mean = (attention[name] * counts[:, None, None]).sum(0) / counts.sum()  # [H, K]
+        torch.testing.assert_close(mean, want.mean((0, 2)), rtol=1e-5, atol=1e-7)

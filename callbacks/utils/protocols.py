@@ -41,13 +41,14 @@ class DistinctRowsModule(Protocol):
 
 
 @runtime_checkable
-class DistinctPaddedRowsModule(Protocol):
-    """Optional, for speed where every position counts (the perturbation's attention curves average over every
-    padded query): each distinct row once, as given, counted as often as it occurs."""
+class QueryAttentionModule(Protocol):
+    """Optional, for speed where every query counts (the perturbation's attention curves average over every padded
+    query): each distinct query's attention once, counted as often as it occurs."""
 
-    def distinct_padded_batches(self, batches: Sequence[Any]) -> list[tuple[Any, Tensor]]:
-        """(batch, row counts [B] int64) pairs holding each distinct row of ``batches`` once, exactly as given (the
-        same positions and padding, so every module sees the same rows), with its number of copies."""
+    def query_attention(self, batches: Sequence[Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """({name of every nn.MultiheadAttention: probabilities [Q, H, K]}, query counts [Q] int64): the attention
+        of Q queries over K keys (0 where a query does not attend) that stand for every query of ``batches``' forward
+        as the counts say (each distinct query once, or any grouping with the same attention)."""
         ...
 
 

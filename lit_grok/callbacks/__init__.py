@@ -27,8 +27,8 @@ from .utils.causal import CausalTestCallback
 from .utils.decay_rules import DecayRule, DecayStep, register_decay_rule
 from .utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
 from .utils.protocols import (
-    DirectionSource, DistinctPaddedRowsModule, DistinctRowsModule, EvaluableModule, GrokStepSource, ProbeableModule,
-    ProbeTarget, sequence_keys,
+    DirectionSource, DistinctRowsModule, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget,
+    QueryAttentionModule, sequence_keys,
 )
 from .utils.row_analysis import GramWindow, RowAnalysis, WindowRow
 from .utils.schedule import RunSchedule, ScheduledCallback
@@ -46,7 +46,7 @@ __all__ = [
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
     "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
     "DecayRule", "DecayStep", "register_decay_rule",
-    "DirectionSource", "DistinctPaddedRowsModule", "DistinctRowsModule", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "sequence_keys",
+    "DirectionSource", "DistinctRowsModule", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "QueryAttentionModule", "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
     # further public callbacks

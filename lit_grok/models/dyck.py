@@ -74,12 +74,13 @@ class DyckTransformer(GrokModule):
         h = self.encoder(h, mask=mask, is_causal=True)
         return self.head(self.ln_f(h))
 
-    def prefix_logits(self, batch: PrefixBatch) -> Tensor:
+    def prefix_logits(self, batch: PrefixBatch, probs: list[Tensor] | None = None) -> Tensor:
         """Logits [N, n_classes] of every node of ``batch``'s prefix tree: ``forward``'s layers, the position-wise ones
-        once per distinct prefix (the causal model gives every position of a prefix the same hidden state)."""
+        once per distinct prefix (the causal model gives every position of a prefix the same hidden state).
+        ``probs``: a list that gets each block's attention of every node [N, H, K] (``prefix_self_attention``)."""
         h = self.tok_emb(batch.tokens) + self.pos_emb(batch.depth)  # [N, d]
         for layer in self.encoder.layers:  # pre-LN blocks (norm_first, as built above)
-            h = h + prefix_self_attention(layer.self_attn, layer.norm1(h), batch)
+            h = h + prefix_self_attention(layer.self_attn, layer.norm1(h), batch, probs)
             h = h + layer._ff_block(layer.norm2(h))
         return self.head(self.ln_f(h))
 
@@ -139,11 +140,20 @@ class DyckTransformer(GrokModule):
                 out.append((prefix_batch(x, y, chunks, self.hparams.n_heads), copies[order]))
         return out
 
-    def distinct_padded_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
-        """The distinct rows of ``batches`` as given (padded, in their order of first occurrence) with their counts,
-        in batches of the given size: what the attention curves evaluate."""
+    @torch.no_grad()
+    def query_attention(self, batches: list[tuple[Tensor, ...]]) -> tuple[dict[str, Tensor], Tensor]:
+        """Each block's attention of every distinct query of the padded ``batches`` once, padding queries included:
+        ({module name: [Q, H, K]}, how many of the batches' queries each stands for [Q]). The queries are the nodes
+        of the padded rows' prefix tree (a causal query's attention depends on its prefix alone)."""
         x, y, copies, rows = distinct_rows(batches)
-        return [((x[chunk], y[chunk]), copies[chunk]) for chunk in rows.split(len(batches[0][0]))]
+        chunks = [(chunk, x.shape[1]) for chunk in rows.split(EVAL_CHUNK)]
+        tree = prefix_batch(x, y, chunks, self.hparams.n_heads, whole_rows=True)
+        probs: list[Tensor] = []
+        self.prefix_logits(tree, probs)
+        weights = torch.zeros(len(tree.tokens), dtype=torch.long, device=x.device)
+        weights.index_add_(0, tree.stream, copies[rows][tree.row])  # [Q] copies of the rows through each node
+        name = {module: name for name, module in self.named_modules()}
+        return {name[layer.self_attn]: p for layer, p in zip(self.encoder.layers, probs)}, weights
 
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]

@@ -34,13 +34,14 @@ class PrefixBatch:
         return node_logits[self.stream[keep]], self.targets[keep], self.row[keep]
 
 
-def prefix_batch(x: Tensor, y: Tensor, chunks: list[tuple[Tensor, int]], n_heads: int) -> PrefixBatch:
+def prefix_batch(x: Tensor, y: Tensor, chunks: list[tuple[Tensor, int]], n_heads: int, whole_rows: bool = False) -> PrefixBatch:
     """The prefix stream of rows ``x`` / ``y`` [B0, T0] taken as ``chunks`` ((row indices [b], length), as
     ``length_sorted_chunks`` gives them), for attention of ``n_heads`` heads: a row's real tokens end at its last
-    label, later positions are padding."""
+    label, later positions are padding; ``whole_rows``: every position of a chunk is real (padding tokens too)."""
     order = torch.cat([rows for rows, _ in chunks])  # [B] rows in stream order
     positions = torch.arange(1, y.shape[1] + 1, device=y.device)
-    length = ((y[order] != IGNORE) * positions).amax(1)  # [B] real tokens of each row
+    length = (torch.cat([torch.full((len(rows),), T, device=y.device) for rows, T in chunks]) if whole_rows
+              else ((y[order] != IGNORE) * positions).amax(1))  # [B] real tokens of each row
     node, tokens, depth = prefix_nodes(x[order], length)  # [B, T0], [N], [N]
     H, start, offset = n_heads, 0, 0  # offset: where the chunk's [3, H, b, T] block starts in the head layout
     stream, targets, row, real, heads_in, heads_at = [], [], [], [], [], []
@@ -83,20 +84,28 @@ def prefix_nodes(x: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return node, torch.cat(tokens), torch.cat(depth)
 
 
-def prefix_self_attention(attn: nn.MultiheadAttention, x: Tensor, batch: PrefixBatch) -> Tensor:
+def prefix_self_attention(attn: nn.MultiheadAttention, x: Tensor, batch: PrefixBatch,
+                          probs: list[Tensor] | None = None) -> Tensor:
     """Causal self-attention [N, D] of the nodes ``x`` [N, D]: one input and one output projection over the nodes,
-    attention over every chunk's rows (each node's output read at one of its stream positions)."""
+    attention over every chunk's rows (each node's output read at one of its stream positions). ``probs``: a list
+    that gets each node's attention [N, H, K] over the positions 0..K-1 of its row (0 past its own; K the longest chunk)."""
     H, (N, D) = attn.num_heads, x.shape
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [N, 3D]
     streamed = qkv.view(N * 3 * H, D // H).index_select(0, batch.heads_in)  # [3 H S, dh], chunk by chunk [3, H, b, T]
-    out = [attend(*block.view(3, H * b, T, -1)) for block, (b, T) in
-           zip(streamed.split([3 * H * b * T for b, T in batch.shapes]), batch.shapes)]  # [H b, T, dh] each
-    heads = torch.cat([o.flatten(0, 1) for o in out]).index_select(0, batch.heads_out)  # [N H, dh]
+    done = [attend(*block.view(3, H * b, T, -1)) for block, (b, T) in
+            zip(streamed.split([3 * H * b * T for b, T in batch.shapes]), batch.shapes)]  # ([H b, T, dh], [H b, T, T]) each
+    heads = torch.cat([out.flatten(0, 1) for out, _ in done]).index_select(0, batch.heads_out)  # [N H, dh]
+    if probs is not None:
+        K = max(T for _, T in batch.shapes)
+        rows = torch.cat([F.pad(p, (0, K - p.shape[-1])).flatten(0, 1) for _, p in done])  # [H S, K] chunk by chunk
+        probs.append(rows.index_select(0, batch.heads_out).view(N, H, K))
     return attn.out_proj(heads.view(N, D))
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Causal softmax attention [B, T, dh] of queries ``q`` over keys ``k`` and values ``v`` [B, T, dh]."""
+def attend(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """Causal softmax attention of queries ``q`` over keys ``k`` and values ``v`` [B, T, dh]: (outputs [B, T, dh],
+    attention probabilities [B, T, T])."""
     T, dh = q.shape[-2:]
     future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)  # [T, T]
-    return torch.baddbmm(future, q, k.transpose(1, 2), alpha=dh ** -0.5).softmax(-1) @ v
+    weights = torch.baddbmm(future, q, k.transpose(1, 2), alpha=dh ** -0.5).softmax(-1)  # [B, T, T]
+    return weights @ v, weights

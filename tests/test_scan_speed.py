@@ -125,6 +125,54 @@ def test_teacher_forced_validation_logs_the_padded_metrics(trained_small):
     assert logged["val/greedy_acc"] == float(greedy)
 
 
+def test_greedy_matches_read_off_where_the_teacher_forced_logits_lead_and_decode_the_rest(data, trained_small):
+    import copy
+    from lit_grok.models.scan import EVAL_CHUNK, GREEDY_MARGIN, SOS
+
+    model = copy.deepcopy(trained_small)
+    with torch.no_grad():  # logits 5x: many positions lead by the margin, some do not (argmax unchanged)
+        model.head.weight.mul_(5), model.head.bias.mul_(5)
+    src, tgt_in, tgt_out = (t[:128].clone() for t in data.test_eval_data)
+    with torch.no_grad():
+        ids, forced = model.greedy_decode(src, tgt_out.shape[1]), model(src, tgt_in).argmax(-1)
+    ends = up_to_first_eos(ids) & (ids == EOS).any(1, keepdim=True)
+    for r in range(0, 128, 2):  # every other row: the model's own decoding (when it ends) becomes the gold
+        if ends[r].any():
+            n = int(ends[r].sum())
+            tgt_out[r], tgt_in[r] = IGNORE, PAD
+            tgt_out[r, :n], tgt_in[r, 0], tgt_in[r, 1:n] = ids[r, :n], SOS, ids[r, : n - 1]
+    for r in range(1, 32, 2):  # rows the teacher-forced pass gets right by construction, fed another prefix
+        tgt_out[r] = torch.where(tgt_out[r] != IGNORE, forced[r], IGNORE)
+
+    with torch.no_grad():  # the rule, brute force on the padded forward: which rows need decoding
+        logits = model(src, tgt_in)  # [B, T, V]
+        need = []
+        for r in range(128):
+            gold = [SOS] + [int(a) for a in tgt_out[r] if a != IGNORE][:-1]
+            if tgt_in[r, : len(gold)].tolist() != gold:
+                need.append(True)
+                continue
+            for t in range(len(gold)):
+                top = logits[r, t].topk(2).values
+                if top[0] - top[1] < GREEDY_MARGIN:
+                    need.append(True)
+                    break
+                if logits[r, t].argmax() != tgt_out[r, t]:
+                    need.append(False)
+                    break
+            else:
+                need.append(False)
+    decoded = []
+    decode = model.greedy_decode
+    model.greedy_decode = lambda rows_src, max_len: decoded.append(len(rows_src)) or decode(rows_src, max_len)
+    with torch.no_grad():
+        got = model.greedy_matches(src, tgt_in, tgt_out, *model.packed_logits(src, tgt_in, tgt_out, EVAL_CHUNK))
+        ref = prefix_greedy_decode(model, src, tgt_out.shape[1])[0]
+    assert torch.equal(got, greedy_exact_match(torch.where(up_to_first_eos(ref), ref, PAD), tgt_out))
+    assert sum(decoded) == sum(need) and 0 < sum(need) < 96  # rows read off and rows decoded
+    assert 0 < int(got.sum()) < 128  # right rows and wrong rows
+
+
 def test_bf16_mixed_training_on_cpu_runs_attention_through_the_math_kernel():
     model = ScanTransformer(**SMALL)
     with model.training_attention():

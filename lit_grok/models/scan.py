@@ -23,6 +23,7 @@ EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test-eval subset,
 Batch = tuple[Tensor, Tensor, Tensor]  # src [B, S], tgt_in [B, T], tgt_out [B, T]
 TRAIN_CHUNK = 32  # rows per attention chunk of the packed training loss
 EVAL_CHUNK = 64  # rows per attention chunk of the packed teacher-forced evaluation
+GREEDY_MARGIN = 1.0  # a teacher-forced top logit this far ahead is greedy decoding's choice too (rounding is far smaller)
 
 
 def causal_mask(T: int, device: torch.device) -> Tensor:
@@ -47,7 +48,8 @@ class ScanTransformer(GrokModule):
         n_layers: encoder layers and decoder layers (each).
         d_ff: feed-forward width.
         memory_padding_mask: mask padded source positions in cross-attention (the reference did not).
-        greedy_eval: also decode the test-eval set free-running (greedy exact match, ``val/greedy_acc``).
+        greedy_eval: also score free-running greedy decoding on the test-eval set (exact match, ``val/greedy_acc``;
+            ``greedy_matches`` decodes only the rows its teacher-forced logits leave open).
     """
 
     task_metric = "seq_acc"
@@ -216,14 +218,38 @@ class ScanTransformer(GrokModule):
 
     def update_eval_metrics(self, name: str, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> None:
         """Teacher-forced metrics of eval set ``name`` from the packed length-sorted decoder (the padded batch's
-        logits at every label), and on "val" greedy exact match from the incremental decoder."""
+        logits at every label), and on "val" greedy exact match (``greedy_matches``)."""
         logits, targets, sequence = self.packed_logits(src, tgt_in, tgt_out, EVAL_CHUNK)  # [N, V], [N], [N]
         self.metrics[name].update(logits, targets)
         wrong = (logits.argmax(-1) != targets) & (targets != IGNORE)  # [N]: a sequence is right without any
         misses = torch.zeros(len(src), device=src.device).index_add_(0, sequence, wrong.float())  # [B]
         self.seq_acc[name].update((misses == 0).float())
         if name == "val" and self.hparams.greedy_eval:
-            self.greedy_acc.update(greedy_exact_match(self.greedy_decode(src, tgt_out.shape[1]), tgt_out).float())
+            self.greedy_acc.update(self.greedy_matches(src, tgt_in, tgt_out, logits, targets, sequence).float())
+
+    def greedy_matches(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor, logits: Tensor, targets: Tensor,
+                       sequence: Tensor) -> Tensor:
+        """[B] bool: greedy decoding's exact match per row, given the packed teacher-forced stream (``packed_logits``:
+        ``logits`` [N, V], ``targets`` [N], each position's row ``sequence`` [N]). While greedy decoding is right, its
+        prefix is the gold one, so it sees these logits: where their top one leads by GREEDY_MARGIN at every position
+        up to the first wrong one (or at all), it picks the same tokens and the row's answer is read off; the other
+        rows, and rows whose decoder inputs were not the gold prefix, are decoded."""
+        labelled = targets != IGNORE
+        top = logits.topk(2, dim=-1).values  # [N, 2]
+        wrong = labelled & (logits.argmax(-1) != targets)
+        unsure = labelled & (top[:, 0] - top[:, 1] < GREEDY_MARGIN)
+        N, where = len(targets), torch.arange(len(targets), device=src.device)
+        first_wrong = torch.full_like(tgt_out[:, 0], N).scatter_reduce_(0, sequence[wrong], where[wrong], "amin")  # [B]
+        first_unsure = torch.full_like(tgt_out[:, 0], N + 1).scatter_reduce_(0, sequence[unsure], where[unsure], "amin")
+        teacher = torch.where(tgt_out == IGNORE, PAD, tgt_out).roll(1, 1)  # [B, T] the gold prefix as decoder inputs
+        teacher[:, 0] = SOS
+        gold_inputs = ((teacher == tgt_in) | (tgt_out == IGNORE)).all(1)  # teacher forcing fed the gold prefix
+        decided = gold_inputs & (first_unsure > first_wrong)
+        match = decided & (first_wrong == N)
+        if not decided.all():
+            rows = (~decided).nonzero().squeeze(1)
+            match[rows] = greedy_exact_match(self.greedy_decode(src[rows], tgt_out.shape[1]), tgt_out[rows])
+        return match
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, 0)

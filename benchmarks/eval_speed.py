@@ -2,6 +2,7 @@
 
     python benchmarks/eval_speed.py --task dyck --threads 1   # 5,000 test + 50 train sequences, all metrics
     python benchmarks/eval_speed.py --task scan --threads 1 --rounds 2 --warmup 0         # one SCAN evaluation
+    python benchmarks/eval_speed.py --task scan --threads 1 --checkpoint RUN/checkpoints/epoch=0-step=5000.ckpt
     python benchmarks/eval_speed.py --task scan_greedy --threads 1 --rounds 2 --warmup 0  # its greedy decoding
 
 dyck: padded batches of every row (before #11) against distinct rows counted per copy, length-sorted.
@@ -68,10 +69,14 @@ def trained_scan_model(steps: int):
     return model.eval(), dm
 
 
-def scan_variants(train_steps: int, greedy_only: bool):
-    from lit_grok.models.scan import EVAL_SETS, greedy_exact_match
+def scan_variants(train_steps: int, checkpoint: str | None, greedy_only: bool):
+    from lit_grok.data.scan import ScanDataModule
+    from lit_grok.models.scan import EVAL_SETS, ScanTransformer, greedy_exact_match
 
-    model, dm = trained_scan_model(train_steps)
+    if checkpoint:  # a run's own model: how sure it is decides how many rows greedy_matches decodes
+        model, dm = ScanTransformer.load_from_checkpoint(checkpoint, map_location="cpu").eval(), ScanDataModule()
+    else:
+        model, dm = trained_scan_model(train_steps)
     loaders = dict(zip(EVAL_SETS, dm.val_dataloader()))  # 500 test-eval pairs (decoded too), 2048 training pairs
     if greedy_only:
         loaders = {"val": loaders["val"]}
@@ -105,13 +110,14 @@ def scan_variants(train_steps: int, greedy_only: bool):
 
     what = "greedy decoding of the 500 test-eval commands" if greedy_only else (
         "evaluation (teacher-forced 500 test-eval + 2048 train pairs, greedy decoding of the 500)")
-    return f"SCAN {what}, seed-2024 model after {train_steps} training steps (s)", old, new
+    which = checkpoint or f"seed-2024 model after {train_steps} training steps"
+    return f"SCAN {what}, {which} (s)", old, new
 
 
 VARIANTS = {
     "dyck": lambda args: dyck_variants(),
-    "scan": lambda args: scan_variants(args.train_steps, greedy_only=False),
-    "scan_greedy": lambda args: scan_variants(args.train_steps, greedy_only=True),
+    "scan": lambda args: scan_variants(args.train_steps, args.checkpoint, greedy_only=False),
+    "scan_greedy": lambda args: scan_variants(args.train_steps, args.checkpoint, greedy_only=True),
 }
 
 
@@ -123,6 +129,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--train-steps", type=int, default=50,
                         help="scan: training steps before timing (the initial model stops decoding after 16 tokens)")
+    parser.add_argument("--checkpoint", help="scan: evaluate this checkpoint's ScanTransformer instead of training one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     title, old, new = VARIANTS[args.task](args)

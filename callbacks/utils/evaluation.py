@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterator, Sequence
 
 import lightning.pytorch as pl
@@ -73,11 +74,16 @@ class Evaluation:
     seq_total: int
     task_metric: str
     outcomes: Tensor | None = None  # [K] bool, hit of the task metric per kept trial (only with keep_outputs)
-    log_probs: Tensor | None = None  # [N, C] float64 log-softmax of every kept labelled token (only with keep_outputs)
+    logits: Tensor | None = None  # [N, C] of every kept labelled token (only with keep_outputs)
     outcome_counts: Tensor | None = None  # [K] int64: trials each kept outcome stands for (distinct rows); None: 1 each
     token_counts: Tensor | None = None  # [N] int64: the same for the rows of log_probs; None: 1 each
     outcome_rows: Tensor | None = None  # [K] int64: the evaluated row (sequence) of each kept outcome
     row_copies: Tensor | None = None  # [R] int64: how many sequences each evaluated row stands for
+
+    @cached_property
+    def log_probs(self) -> Tensor | None:
+        """[N, C] float64 log-softmax of ``logits`` (KL), computed on first use."""
+        return None if self.logits is None else F.log_softmax(self.logits.double(), dim=-1)
 
     @property
     def token_acc(self) -> float:
@@ -118,10 +124,10 @@ def evaluation_set(pl_module: pl.LightningModule, batches: list[Any]) -> Evaluat
 @torch.no_grad()
 def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], keep_outputs: bool = False) -> Evaluation:
     """Token and sequence counts and the token-mean loss, every row weighted by its count; ``keep_outputs`` also
-    keeps per-trial outcomes (paired intervals) and log-probabilities (KL) with their counts."""
+    keeps per-trial outcomes (paired intervals) and logits (log-probabilities for KL) with their counts."""
     data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
     loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
-    outcomes, log_probs, outcome_counts, token_counts, outcome_rows, row_copies = [], [], [], [], [], []
+    outcomes, kept_logits, outcome_counts, token_counts, outcome_rows, row_copies = [], [], [], [], [], []
     seq_n_kept = 0  # evaluated rows so far: the offset of this batch's row indices
     for i, batch in enumerate(data.batches):
         logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
@@ -144,14 +150,14 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
             token_metric = pl_module.task_metric == "token_acc"
             outcomes.append(hit if token_metric else misses == 0)
             outcome_counts.append(counts if token_metric else rows)
-            log_probs.append(F.log_softmax(logits.double(), dim=-1))
+            kept_logits.append(logits)
             token_counts.append(counts)
             outcome_rows.append(seq_n_kept + (seq if token_metric else torch.arange(n_seq, device=seq.device)))
             row_copies.append(rows)
             seq_n_kept += n_seq
     evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
     if keep_outputs:
-        evaluation.outcomes, evaluation.log_probs = torch.cat(outcomes), torch.cat(log_probs)
+        evaluation.outcomes, evaluation.logits = torch.cat(outcomes), torch.cat(kept_logits)
         evaluation.outcome_rows, evaluation.row_copies = torch.cat(outcome_rows), torch.cat(row_copies)
         if data.row_counts is not None:
             evaluation.outcome_counts, evaluation.token_counts = torch.cat(outcome_counts), torch.cat(token_counts)

@@ -1,0 +1,143 @@
+"""Where the #11 speed targets' work goes, profiled: the share of each piece of work that is matrix products.
+
+    python benchmarks/floors.py --threads 1
+
+For the SCAN training step (fp32 and bf16-mixed, length-sorted chunks, AdamW), the teacher-forced SCAN
+evaluation (2548 pairs), and one analysis evaluation of the Dyck test set on its prefix trees, it prints the
+wall time per unit of work, the matmul kernels' time (``torch.profiler`` self time of mm / addmm / bmm /
+baddbmm / _addmm_activation, and their GFLOP), and the largest other kinds of work. The matmuls are what
+no reorganisation of the same computation in the same precision removes: a target below them cannot be met
+by this code path. The weights do not matter (untrained models: same shapes, same FLOPs); the data are the
+shipped sets.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's packages, not an editable install's
+
+import torch  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
+KINDS = {  # the other work, by kind
+    "casts and copies": {"aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"},
+    "gathers": {"aten::index_select", "aten::index", "aten::embedding", "aten::cat", "aten::gather"},
+    "softmax and attention kernels": {"aten::_softmax", "aten::_softmax_backward_data", "aten::_log_softmax",
+                                      "aten::_scaled_dot_product_flash_attention_for_cpu",
+                                      "aten::_scaled_dot_product_flash_attention_for_cpu_backward"},
+    "layer norms": {"aten::native_layer_norm", "aten::native_layer_norm_backward"},
+}
+
+
+def profiled(work, repeats: int) -> tuple[float, dict[str, float], float, dict[str, list[tuple[str, float]]]]:
+    """(median wall seconds of ``work`` unprofiled, {kind: self seconds per call} profiled, matmul GFLOP per call,
+    {kind: its three largest ops with their seconds})."""
+    work()  # warm-up
+    walls = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        walls.append(time.perf_counter() - start)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(repeats):
+            work()
+    seconds, flops, ops = defaultdict(float), 0.0, defaultdict(list)
+    for event in prof.key_averages():
+        kind = "matmuls" if event.key in MATMULS else next((k for k, names in KINDS.items() if event.key in names), "other")
+        seconds[kind] += event.self_cpu_time_total / 1e6 / repeats
+        ops[kind].append((event.key.removeprefix("aten::"), event.self_cpu_time_total / 1e6 / repeats))
+        if event.key in MATMULS:
+            flops += event.flops / repeats
+    largest = {kind: sorted(found, key=lambda op: -op[1])[:3] for kind, found in ops.items()}
+    return statistics.median(walls), dict(seconds), flops / 1e9, largest
+
+
+def report(title: str, wall: float, seconds: dict[str, float], gflop: float, largest: dict[str, list[tuple[str, float]]]) -> None:
+    profiled_total = sum(seconds.values())
+    mm = seconds.get("matmuls", 0.0)
+    print(f"\n{title}: {wall:.3f} s per unit (unprofiled median); profiled self time {profiled_total:.3f} s")
+    print(f"  matmuls {mm:.3f} s ({100 * mm / profiled_total:.0f} %), {gflop:.2f} GFLOP at {gflop / mm:.0f} GFLOP/s"
+          f" -> the floor at this rate: {wall * mm / profiled_total:.3f} s of the {wall:.3f} s")
+    for kind, s in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        if kind != "matmuls":
+            top = ", ".join(f"{op} {t:.3f}" for op, t in largest[kind])
+            print(f"  {kind:30s} {s:.3f} s ({100 * s / profiled_total:.0f} %): {top}")
+
+
+def scan_step(bf16: bool, repeats: int) -> None:
+    from lit_grok.data.scan import ScanDataModule
+    from lit_grok.models.scan import ScanTransformer
+
+    torch.manual_seed(2024)
+    model, dm = ScanTransformer(), ScanDataModule()
+    opt, stream = model.configure_optimizers(), iter(dm.train_dataloader())
+    batches = [next(stream) for _ in range(2 * repeats + 2)]
+
+    def one_step() -> None:
+        batch = batches.pop()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext(), \
+                sdpa_kernel([SDPBackend.MATH]) if bf16 else nullcontext():
+            loss = model.length_sorted_loss(*batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    name = "bf16-mixed (configs/scan_bf16.yaml)" if bf16 else "fp32"
+    report(f"SCAN training step, {name}, batch {dm.batch_size}", *profiled(one_step, repeats))
+
+
+def scan_evaluation(repeats: int) -> None:
+    from lit_grok.data.scan import ScanDataModule
+    from lit_grok.models.scan import EVAL_CHUNK, EVAL_SETS, ScanTransformer
+
+    torch.manual_seed(2024)
+    model, dm = ScanTransformer().eval(), ScanDataModule()
+    batches = [batch for loader in dm.val_dataloader() for batch in loader]
+
+    @torch.no_grad()
+    def teacher_forced() -> None:
+        for batch in batches:
+            model.packed_logits(*batch, EVAL_CHUNK)
+
+    pairs = sum(len(b[0]) for b in batches)
+    report(f"SCAN teacher-forced evaluation, {pairs} pairs ({' + '.join(EVAL_SETS)})", *profiled(teacher_forced, repeats))
+
+
+def dyck_analysis_evaluation(repeats: int) -> None:
+    from callbacks.utils.evaluation import evaluate, evaluation_set
+    from lit_grok.data.dyck import DyckDataModule
+    from lit_grok.models.dyck import DyckTransformer
+
+    torch.manual_seed(42)
+    model, dm = DyckTransformer().eval(), DyckDataModule()
+    data = evaluation_set(model, [batch[:2] for batch in dm.val_dataloader()[0]])
+    nodes = sum(len(tree.tokens) for tree in data.batches)
+    report(f"Dyck analysis evaluation of the 5000 test rows ({nodes} prefix-tree nodes, keep_outputs)",
+           *profiled(lambda: evaluate(model, data, keep_outputs=True), repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=3, help="timed and profiled repeats of each unit of work")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    scan_step(False, args.repeats)
+    scan_step(True, args.repeats)
+    scan_evaluation(args.repeats)
+    dyck_analysis_evaluation(args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,6 @@
 import torch
 
 from lit_grok.data.common import IGNORE
-from lit_grok.models.common import length_sorted_chunks
 from lit_grok.models.dyck import DyckTransformer
 from lit_grok.models.prefix import prefix_batch, prefix_nodes
 
@@ -44,13 +43,14 @@ def test_prefix_logits_equal_the_padded_forward_and_its_gradient():
     torch.manual_seed(1)
     model = DyckTransformer().eval()
     x, y = rows_with_shared_prefixes()
-    chunks = length_sorted_chunks(y, 16)
-    batch = prefix_batch(x, y, chunks, model.hparams.n_heads)
+    batch = prefix_batch(x, y, torch.randperm(len(x), generator=torch.Generator().manual_seed(0)), 16, model.hparams.n_heads)
     assert len(batch.tokens) < int((y != IGNORE).sum())  # shared prefixes are evaluated once
+    assert sum(b * (T - q) for b, T, q in batch.shapes) < len(batch.stream)  # and attend as queries less often
 
     padded = model(x)  # [B, T, C]
     logits, targets, row = model.labelled_logits(batch)
-    order = torch.cat([rows for rows, _ in chunks])  # the rows in stream order
+    order = batch.order  # the rows in stream order
+    assert sorted(order.tolist()) == list(range(len(x)))
     labelled = y[order] != IGNORE  # [B, T]
     torch.testing.assert_close(logits, padded[order][labelled], rtol=1e-5, atol=1e-5)
     assert torch.equal(targets, y[order][labelled])  # every labelled token once
@@ -76,15 +76,14 @@ def test_query_attention_is_every_padded_query_once_with_its_copies():
     padded = {name: p[0] for name, p in store.items()}  # [B, H, T, T] every padded query, pads included
 
     # every stream position of the padded rows' tree: its node's attention is that query's own
-    rows = torch.arange(B).flip(0)  # any row order
-    tree = prefix_batch(x, y, [(rows[:40], T), (rows[40:], T)], model.hparams.n_heads, whole_rows=True)
+    tree = prefix_batch(x, y, torch.arange(B).flip(0), 40, model.hparams.n_heads, whole_rows=True)  # any row order
     probs = []
     with torch.no_grad():
         model.prefix_logits(tree, probs)
     assert len(tree.tokens) < B * T  # shared prefixes are attended once
-    t = torch.arange(len(tree.stream)) % T
+    t = torch.arange(len(tree.stream)) % T  # whole rows: every chunk is T long
     for p, want in zip(probs, padded.values()):
-        torch.testing.assert_close(p[tree.stream], want[rows[tree.row], :, t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p[tree.stream], want[tree.order[tree.row], :, t], rtol=1e-5, atol=1e-6)
 
     # the module's counts: every padded query (the five copies too) counted once
     attention, counts = model.query_attention([(x, y)])

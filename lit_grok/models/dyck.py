@@ -17,6 +17,7 @@ from lit_grok.models.prefix import PrefixBatch, prefix_batch, prefix_self_attent
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
 EVAL_CHUNK = 128  # rows per attention chunk of the length-sorted evaluation
 PREFIX_ROWS = 1024  # distinct rows per prefix tree of the analyses (lexicographic neighbours share most prefixes)
+PREFIX_CHUNK = 64  # rows per attention chunk of a prefix tree (fewer rows: fewer positions before a chunk's queries)
 
 
 class DyckTransformer(GrokModule):
@@ -127,18 +128,12 @@ class DyckTransformer(GrokModule):
 
     def distinct_batches(self, batches: list[tuple[Tensor, ...]]) -> list[tuple[PrefixBatch, Tensor]]:
         """The distinct rows of ``batches`` with their counts, as prefix trees of up to PREFIX_ROWS lexicographic
-        neighbours in length-sorted chunks trimmed after their last label (the causal model gives those positions
-        the logits of the padded batch): what the analyses evaluate."""
+        neighbours, rows trimmed after their last label (the causal model gives those positions the logits of the
+        padded batch): what the analyses evaluate."""
         x, y, copies, rows = distinct_rows(batches)
-        for t in reversed(range(x.shape[1])):  # sorted by their tokens, lexicographically (last column first, stable)
-            rows = rows[x[rows, t].argsort(stable=True)]
-        out = []
-        for group in rows.split(PREFIX_ROWS):
-            chunks = length_sorted_chunks(y, EVAL_CHUNK, group)  # rows without a label drop out
-            if chunks:
-                order = torch.cat([chunk_rows for chunk_rows, _ in chunks])  # the batch's rows in stream order
-                out.append((prefix_batch(x, y, chunks, self.hparams.n_heads), copies[order]))
-        return out
+        rows = lexicographic(x, rows[(y[rows] != IGNORE).any(1)])  # rows without a label add nothing
+        trees = [prefix_batch(x, y, group, PREFIX_CHUNK, self.hparams.n_heads) for group in rows.split(PREFIX_ROWS)]
+        return [(tree, copies[tree.order]) for tree in trees]
 
     @torch.no_grad()
     def query_attention(self, batches: list[tuple[Tensor, ...]]) -> tuple[dict[str, Tensor], Tensor]:
@@ -146,12 +141,11 @@ class DyckTransformer(GrokModule):
         ({module name: [Q, H, K]}, how many of the batches' queries each stands for [Q]). The queries are the nodes
         of the padded rows' prefix tree (a causal query's attention depends on its prefix alone)."""
         x, y, copies, rows = distinct_rows(batches)
-        chunks = [(chunk, x.shape[1]) for chunk in rows.split(EVAL_CHUNK)]
-        tree = prefix_batch(x, y, chunks, self.hparams.n_heads, whole_rows=True)
+        tree = prefix_batch(x, y, lexicographic(x, rows), PREFIX_CHUNK, self.hparams.n_heads, whole_rows=True)
         probs: list[Tensor] = []
         self.prefix_logits(tree, probs)
         weights = torch.zeros(len(tree.tokens), dtype=torch.long, device=x.device)
-        weights.index_add_(0, tree.stream, copies[rows][tree.row])  # [Q] copies of the rows through each node
+        weights.index_add_(0, tree.stream, copies[tree.order][tree.row])  # [Q] copies of the rows through each node
         name = {module: name for name, module in self.named_modules()}
         return {name[layer.self_attn]: p for layer, p in zip(self.encoder.layers, probs)}, weights
 
@@ -162,6 +156,13 @@ class DyckTransformer(GrokModule):
         return {"depth": ProbeTarget(values=y.clamp(min=0).float(), mask=mask, categorical=False, groups=groups),
                 # +1 for "(" (id 0), -1 for ")" (id 1): the composition test's "token sign" (docs/methods.md §8.2)
                 "token_sign": ProbeTarget(values=(1 - 2 * x.clamp(max=1)).float(), mask=mask, categorical=False, groups=groups)}
+
+
+def lexicographic(x: Tensor, rows: Tensor) -> Tensor:
+    """``rows`` [R] sorted by their tokens in ``x`` [N, T], lexicographically (a stable sort per column, last first)."""
+    for t in reversed(range(x.shape[1])):
+        rows = rows[x[rows, t].argsort(stable=True)]
+    return rows
 
 
 def distinct_rows(batches: list[tuple[Tensor, ...]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

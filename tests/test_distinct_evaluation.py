@@ -102,3 +102,21 @@ def test_analysis_results_equal_the_every_row_path(tmp_path, monkeypatch):
                 assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-6), key  # differences of rounded losses
             else:
                 assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+
+
+def test_rows_without_a_label_leave_the_trees_and_the_counts_alone():
+    from lit_grok.data.common import IGNORE
+
+    torch.manual_seed(4)
+    model, dm = DyckTransformer().eval(), DyckDataModule()
+    x, y = (t.clone() for t in dyck_eval_batches(dm)["val"][0][:2])
+    y[:9] = IGNORE  # rows the evaluation has nothing to count in
+    data = evaluation_set(model, [(x, y)])
+    assert int(sum(c.sum() for c in data.row_counts)) == len(x) - 9
+    model.task_metric = "seq_acc"  # the sequence outcomes too
+    plain, fast = evaluate(model, [(x, y)], keep_outputs=True), evaluate(model, data, keep_outputs=True)
+    assert (plain.token_correct, plain.token_total) == (fast.token_correct, fast.token_total)
+    assert (plain.seq_correct, plain.seq_total) == (fast.seq_correct, fast.seq_total) and plain.seq_total == len(x) - 9
+    assert len(plain.outcomes) == plain.trials and int(plain.outcomes.sum()) == plain.seq_correct
+    assert int((fast.outcomes * fast.outcome_counts).sum()) == fast.seq_correct
+    assert fast.loss == pytest.approx(plain.loss, rel=1e-6)

@@ -144,15 +144,16 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
         tok_ok += int((hit * counts).sum())
         tok_n += int(counts.sum())
         misses = torch.zeros(n_seq, dtype=torch.long, device=hit.device).index_add_(0, seq, (~hit).long())
-        seq_ok += int(((misses == 0) * rows).sum())
-        seq_n += int(rows.sum())
+        labelled = torch.zeros(n_seq, dtype=torch.bool, device=seq.device).index_fill_(0, seq, True)  # a row without
+        seq_ok += int(((misses == 0) * rows)[labelled].sum())  # a label is no sequence (nothing was predicted)
+        seq_n += int(rows[labelled].sum())
         if keep_outputs:
             token_metric = pl_module.task_metric == "token_acc"
-            outcomes.append(hit if token_metric else misses == 0)
-            outcome_counts.append(counts if token_metric else rows)
+            outcomes.append(hit if token_metric else (misses == 0)[labelled])
+            outcome_counts.append(counts if token_metric else rows[labelled])
             kept_logits.append(logits)
             token_counts.append(counts)
-            outcome_rows.append(seq_n_kept + (seq if token_metric else torch.arange(n_seq, device=seq.device)))
+            outcome_rows.append(seq_n_kept + (seq if token_metric else torch.arange(n_seq, device=seq.device)[labelled]))
             row_copies.append(rows)
             seq_n_kept += n_seq
     evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)

@@ -116,7 +116,7 @@ def prefix_self_attention(attn: nn.MultiheadAttention, x: Tensor, batch: PrefixB
     return attn.out_proj(heads.view(N, D))
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, first: int = 0) -> tuple[Tensor, Tensor]:
+def attend(q: Tensor, k: Tensor, v: Tensor, first: int) -> tuple[Tensor, Tensor]:
     """Causal softmax attention of queries ``q`` [B, M, dh] at positions first..first+M-1 over keys ``k`` and values
     ``v`` [B, T, dh] at 0..T-1: (outputs [B, M, dh], attention probabilities [B, M, T])."""
     M, T, dh = q.shape[1], k.shape[1], q.shape[-1]

@@ -21,7 +21,7 @@ from .functional.perturbation import (
 )
 from .utils.causal import CausalTestCallback, check_directions, named_state_key
 from .utils.errors import ConfigurationError, DirectionUnavailable
-from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_set, perturbed
+from .utils.evaluation import Evaluation, eval_mode, evaluate, evaluation_of, evaluation_set, perturbed
 from .utils.hidden_states import attention_modules, captured_attention
 from .utils.param_selection import split_like
 from .utils.protocols import QueryAttentionModule
@@ -147,27 +147,25 @@ class PerturbationCallback(CausalTestCallback):
 
         with eval_mode(pl_module):
             data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
-            base = evaluate(pl_module, data, keep_outputs=True)
 
-            def at(direction: Tensor, eps: float, keep_outputs: bool = True) -> Evaluation:
+            def state() -> tuple[Evaluation, dict[str, float]]:  # with the attention curves, from the same forward
+                return attention_evaluation(pl_module, batches) if self.attention_curves else (
+                    evaluate(pl_module, data, keep_outputs=True), {})
+
+            def at(direction: Tensor, eps: float) -> tuple[Evaluation, dict[str, float]]:
                 with perturbed(params, split_like(theta + eps * direction, params)):
-                    return evaluate(pl_module, data, keep_outputs=keep_outputs)
+                    return state()
 
-            def attention_at(direction: Tensor, eps: float) -> dict[str, float]:
-                with perturbed(params, split_like(theta + eps * direction, params)):
-                    return attention_state(pl_module, batches)
-
-            base_attention = attention_state(pl_module, batches) if self.attention_curves else {}
+            base, base_attention = state()
             for name, (d, info) in found.items():
                 curve = []
                 for e in self.eps:  # ε = 0 is θ itself, bit for bit: the base evaluation
-                    ev = base if e == 0 else at(d, e * scale)
-                    attention = base_attention if e == 0 or not self.attention_curves else attention_at(d, e * scale)
+                    ev, attention = (base, base_attention) if e == 0 else at(d, e * scale)
                     curve.append({"eps": e, "eps_abs": e * scale, "loss": ev.loss, "accuracy": ev.accuracy,
                                   "kl": kl_divergence(base.log_probs, ev.log_probs, base.token_counts), **attention})
                 entry = {"status": "ok", **info, "curve": curve, "max_kl": max(c["kl"] for c in curve)}
                 if self.curvature:
-                    plus, minus = at(d, fd_eps, False).loss, at(d, -fd_eps, False).loss
+                    plus, minus = at(d, fd_eps)[0].loss, at(d, -fd_eps)[0].loss
                     entry.update(fd=second_difference(plus, minus, base.loss, fd_eps), delta_loss=abs(plus - base.loss),
                                  loss_plus=plus, loss_minus=minus)
                 entries[name] = entry
@@ -217,22 +215,23 @@ class PerturbationCallback(CausalTestCallback):
 
 
 @torch.no_grad()
-def attention_state(pl_module: pl.LightningModule, batches: list[Any]) -> dict[str, float]:
-    """Attention entropy of every ``nn.MultiheadAttention`` on ``batches`` (mean over sequences, heads and every
-    query, pads included; then over modules) and the mean W_Q/W_K commutator norm (docs/methods.md §6.1)."""
+def attention_evaluation(pl_module: pl.LightningModule, batches: list[Any]) -> tuple[Evaluation, dict[str, float]]:
+    """One forward of ``batches``: its evaluation, and the attention entropy of every ``nn.MultiheadAttention`` (mean
+    over sequences, heads and every query, pads included; then over modules) with the mean W_Q/W_K commutator norm
+    (docs/methods.md §6.1)."""
     modules = attention_modules(pl_module, None, "PerturbationCallback")
     if isinstance(pl_module, QueryAttentionModule):  # each distinct query once, with its count
-        probs, counts = pl_module.query_attention(batches)
-        if missing := sorted(set(modules) - probs.keys()):
+        seen = pl_module.query_attention(batches)
+        if missing := sorted(set(modules) - seen.probs.keys()):
             raise ConfigurationError(f"PerturbationCallback: {type(pl_module).__name__}.query_attention gave no attention "
                                      f"for {missing}; return every nn.MultiheadAttention's, or set attention_curves=False")
-        queries = {name: probs[name][:, :, None] for name in modules}  # [Q, H, 1, K]: a query per row
+        evaluation = evaluation_of([seen.labelled], [seen.row_copies], pl_module.task_metric, keep_outputs=True)
+        queries, counts = {name: seen.probs[name][:, :, None] for name in modules}, seen.counts  # [Q, H, 1, K]
     else:
         with captured_attention(pl_module, None, "PerturbationCallback") as store:
-            for batch in batches:
-                pl_module.labelled_logits(batch)
+            evaluation = evaluate(pl_module, batches, keep_outputs=True)
         queries, counts = {name: torch.cat(store[name]) for name in modules}, None  # [B, H, T, S]
     entropy = [float(head_entropy(p, None, counts).mean()) for p in queries.values()]  # [H] per module, meaned
     commutators = [qk_commutator(m.in_proj_weight) for m in modules.values() if m.in_proj_weight is not None]
-    return {"attention_entropy": float(np.mean(entropy)),
-            "qk_commutator": float(np.mean(commutators)) if commutators else math.nan}
+    return evaluation, {"attention_entropy": float(np.mean(entropy)),
+                        "qk_commutator": float(np.mean(commutators)) if commutators else math.nan}

@@ -303,14 +303,15 @@ def test_attention_curves_without_attention_modules_fail_before_training(tmp_pat
 
 
 def test_attention_curves_name_the_modules_query_attention_left_out():
-    from lit_grok.callbacks.perturbation_callback import attention_state
+    from lit_grok.callbacks import QueryAttention
+    from lit_grok.callbacks.perturbation_callback import attention_evaluation
     from tiny_attention_model import TinyAttention
 
     class Forgetful(TinyAttention):  # offers each query's attention once, but for no module
         def query_attention(self, batches):
-            return {}, torch.ones(1, dtype=torch.long)
+            return QueryAttention({}, torch.ones(1, dtype=torch.long), self.labelled_logits(batches[0]), None)
 
     batches = list(TinyAttention().val_dataloader())
     with pytest.raises(ValueError, match=r"Forgetful.query_attention gave no attention for \['attn'\]; return every "
                                          r"nn.MultiheadAttention's, or set attention_curves=False"):
-        attention_state(Forgetful().eval(), batches)
+        attention_evaluation(Forgetful().eval(), batches)

@@ -1,6 +1,8 @@
 """The prefix tree of a causal model's rows: one node per distinct prefix, and logits equal to the padded forward's."""
+import pytest
 import torch
 
+from lit_grok.callbacks.utils.evaluation import evaluate, evaluation_of
 from lit_grok.data.common import IGNORE
 from lit_grok.models.dyck import DyckTransformer
 from lit_grok.models.prefix import prefix_batch, prefix_nodes
@@ -86,8 +88,17 @@ def test_query_attention_is_every_padded_query_once_with_its_copies():
         torch.testing.assert_close(p[tree.stream], want[tree.order[tree.row], :, t], rtol=1e-5, atol=1e-6)
 
     # the module's counts: every padded query (the five copies too) counted once
-    attention, counts = model.query_attention([(x, y)])
-    assert attention.keys() == padded.keys() and int(counts.sum()) == B * T
+    seen = model.query_attention([(x, y)])
+    assert seen.probs.keys() == padded.keys() and int(seen.counts.sum()) == B * T
     for name, want in padded.items():
-        mean = (attention[name] * counts[:, None, None]).sum(0) / counts.sum()  # [H, K]
+        mean = (seen.probs[name] * seen.counts[:, None, None]).sum(0) / seen.counts.sum()  # [H, K]
         torch.testing.assert_close(mean, want.mean((0, 2)), rtol=1e-5, atol=1e-7)
+
+    # the same forward's labelled logits: the padded batch's evaluation, each distinct row once with its copies
+    assert len(seen.row_copies) == len(torch.unique(torch.cat([x, y], 1), dim=0)) and int(seen.row_copies.sum()) == B
+    for metric in ("token_acc", "seq_acc"):
+        model.task_metric = metric
+        want, got = evaluate(model, [(x, y)], keep_outputs=True), evaluation_of([seen.labelled], [seen.row_copies], metric)
+        assert (got.token_correct, got.token_total, got.seq_correct, got.seq_total) == (
+            want.token_correct, want.token_total, want.seq_correct, want.seq_total)
+        assert got.loss == pytest.approx(want.loss, rel=1e-6)

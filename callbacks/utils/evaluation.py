@@ -8,7 +8,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -126,17 +126,24 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
     """Token and sequence counts and the token-mean loss, every row weighted by its count; ``keep_outputs`` also
     keeps per-trial outcomes (paired intervals) and logits (log-probabilities for KL) with their counts."""
     data = data if isinstance(data, EvaluationSet) else EvaluationSet(list(data))
+    outputs = (pl_module.labelled_logits(batch) for batch in data.batches)  # one batch's forward at a time
+    return evaluation_of(outputs, data.row_counts, pl_module.task_metric, keep_outputs)
+
+
+def evaluation_of(outputs: Iterable[tuple[Tensor, Tensor, Tensor]], row_counts: Sequence[Tensor] | None,
+                  task_metric: str, keep_outputs: bool = False) -> Evaluation:
+    """``evaluate``'s counts and loss from each batch's labelled outputs (logits [N, C], targets [N], row [N]) and,
+    when rows were folded, its row counts [B] (None: one each)."""
     loss_sum, tok_ok, tok_n, seq_ok, seq_n = 0.0, 0, 0, 0, 0
     outcomes, kept_logits, outcome_counts, token_counts, outcome_rows, row_copies = [], [], [], [], [], []
     seq_n_kept = 0  # evaluated rows so far: the offset of this batch's row indices
-    for i, batch in enumerate(data.batches):
-        logits, targets, seq = pl_module.labelled_logits(batch)  # [N, C], [N], [N]
+    for i, (logits, targets, seq) in enumerate(outputs):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float32; float64 stays
         n_seq = int(seq.max()) + 1 if seq.numel() else 0
-        rows = (torch.ones(n_seq, dtype=torch.long, device=seq.device) if data.row_counts is None
-                else data.row_counts[i].to(seq.device)[:n_seq])  # [n_seq] copies of each row
+        rows = (torch.ones(n_seq, dtype=torch.long, device=seq.device) if row_counts is None
+                else row_counts[i].to(seq.device)[:n_seq])  # [n_seq] copies of each row
         counts = rows[seq]  # [N] copies of each token
-        if data.row_counts is None:
+        if row_counts is None:
             loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         else:
             loss_sum += (F.cross_entropy(logits, targets, reduction="none").double() * counts).sum().item()
@@ -148,7 +155,7 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
         seq_ok += int(((misses == 0) * rows)[labelled].sum())  # a label is no sequence (nothing was predicted)
         seq_n += int(rows[labelled].sum())
         if keep_outputs:
-            token_metric = pl_module.task_metric == "token_acc"
+            token_metric = task_metric == "token_acc"
             outcomes.append(hit if token_metric else (misses == 0)[labelled])
             outcome_counts.append(counts if token_metric else rows[labelled])
             kept_logits.append(logits)
@@ -156,11 +163,11 @@ def evaluate(pl_module: EvaluableModule, data: EvaluationSet | Sequence[Any], ke
             outcome_rows.append(seq_n_kept + (seq if token_metric else torch.arange(n_seq, device=seq.device)[labelled]))
             row_copies.append(rows)
             seq_n_kept += n_seq
-    evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, pl_module.task_metric)
+    evaluation = Evaluation(loss_sum / tok_n, tok_ok, tok_n, seq_ok, seq_n, task_metric)
     if keep_outputs:
         evaluation.outcomes, evaluation.logits = torch.cat(outcomes), torch.cat(kept_logits)
         evaluation.outcome_rows, evaluation.row_copies = torch.cat(outcome_rows), torch.cat(row_copies)
-        if data.row_counts is not None:
+        if row_counts is not None:
             evaluation.outcome_counts, evaluation.token_counts = torch.cat(outcome_counts), torch.cat(token_counts)
     return evaluation
 

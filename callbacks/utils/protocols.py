@@ -40,15 +40,26 @@ class DistinctRowsModule(Protocol):
         ...
 
 
+@dataclass
+class QueryAttention:
+    """One forward over every distinct query of some batches: each attention module's probabilities, how many of the
+    batches' queries each stands for, and the labelled logits of that same forward (``labelled_logits``' outputs)."""
+
+    probs: dict[str, Tensor]  # {name of every nn.MultiheadAttention: [Q, H, K]}, 0 where a query does not attend
+    counts: Tensor  # [Q] int64: the batches' queries each query stands for
+    labelled: tuple[Tensor, Tensor, Tensor]  # logits [L, C], targets [L], row [L] of every labelled token
+    row_copies: Tensor  # [R] int64: the batches' rows each row of ``labelled`` stands for
+
+
 @runtime_checkable
 class QueryAttentionModule(Protocol):
     """Optional, for speed where every query counts (the perturbation's attention curves average over every padded
-    query): each distinct query's attention once, counted as often as it occurs."""
+    query): each distinct query's attention once, counted as often as it occurs, and the evaluation of the same pass."""
 
-    def query_attention(self, batches: Sequence[Any]) -> tuple[dict[str, Tensor], Tensor]:
-        """({name of every nn.MultiheadAttention: probabilities [Q, H, K]}, query counts [Q] int64): the attention
-        of Q queries over K keys (0 where a query does not attend) that stand for every query of ``batches``' forward
-        as the counts say (each distinct query once, or any grouping with the same attention)."""
+    def query_attention(self, batches: Sequence[Any]) -> QueryAttention:
+        """The attention of Q queries over K keys that stand for every query of ``batches``' forward as the counts
+        say (each distinct query once, or any grouping with the same attention), with the labelled tokens of
+        ``batches`` (each distinct row once, counted by ``row_copies``, or every row once)."""
         ...
 
 

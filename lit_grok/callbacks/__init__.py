@@ -28,7 +28,7 @@ from .utils.decay_rules import DecayRule, DecayStep, register_decay_rule
 from .utils.errors import ConfigurationError, DirectionUnavailable, LitGrokError, NonFiniteError, RunInterrupted
 from .utils.protocols import (
     DirectionSource, DistinctRowsModule, EvaluableModule, GrokStepSource, ProbeableModule, ProbeTarget,
-    QueryAttentionModule, sequence_keys,
+    QueryAttention, QueryAttentionModule, sequence_keys,
 )
 from .utils.row_analysis import GramWindow, RowAnalysis, WindowRow
 from .utils.schedule import RunSchedule, ScheduledCallback
@@ -46,7 +46,8 @@ __all__ = [
     # extension points: the bases a new analysis subclasses, and the protocols a module or callback implements
     "CausalTestCallback", "GramWindow", "RowAnalysis", "RowEvent", "RunSchedule", "ScheduledCallback", "WindowRow",
     "DecayRule", "DecayStep", "register_decay_rule",
-    "DirectionSource", "DistinctRowsModule", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "QueryAttentionModule", "sequence_keys",
+    "DirectionSource", "DistinctRowsModule", "EvaluableModule", "GrokStepSource", "ProbeableModule", "ProbeTarget", "QueryAttention", "QueryAttentionModule",
+    "sequence_keys",
     # errors
     "ConfigurationError", "DirectionUnavailable", "LitGrokError", "NonFiniteError", "RunInterrupted",
     # further public callbacks

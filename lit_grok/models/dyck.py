@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from callbacks import ConfigurationError, ProbeTarget, sequence_keys
+from callbacks import ConfigurationError, ProbeTarget, QueryAttention, sequence_keys
 from lit_grok.data.common import IGNORE
 from lit_grok.data.sampling import first_copy_counts
 from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy
@@ -136,18 +136,20 @@ class DyckTransformer(GrokModule):
         return [(tree, copies[tree.order]) for tree in trees]
 
     @torch.no_grad()
-    def query_attention(self, batches: list[tuple[Tensor, ...]]) -> tuple[dict[str, Tensor], Tensor]:
-        """Each block's attention of every distinct query of the padded ``batches`` once, padding queries included:
-        ({module name: [Q, H, K]}, how many of the batches' queries each stands for [Q]). The queries are the nodes
-        of the padded rows' prefix tree (a causal query's attention depends on its prefix alone)."""
+    def query_attention(self, batches: list[tuple[Tensor, ...]]) -> QueryAttention:
+        """Each block's attention of every distinct query of the padded ``batches`` once, padding queries included,
+        counted by how many of the batches' queries it stands for, and the labelled logits of that one forward. The
+        queries are the nodes of the padded rows' prefix tree (a causal query's attention depends on its prefix alone)."""
         x, y, copies, rows = distinct_rows(batches)
         tree = prefix_batch(x, y, lexicographic(x, rows), PREFIX_CHUNK, self.hparams.n_heads, whole_rows=True)
         probs: list[Tensor] = []
-        self.prefix_logits(tree, probs)
-        weights = torch.zeros(len(tree.tokens), dtype=torch.long, device=x.device)
-        weights.index_add_(0, tree.stream, copies[tree.order][tree.row])  # [Q] copies of the rows through each node
+        logits = self.prefix_logits(tree, probs)  # [Q, n_classes]
+        row_copies = copies[tree.order]  # [R]
+        counts = torch.zeros(len(tree.tokens), dtype=torch.long, device=x.device)
+        counts.index_add_(0, tree.stream, row_copies[tree.row])  # [Q] copies of the rows through each node
         name = {module: name for name, module in self.named_modules()}
-        return {name[layer.self_attn]: p for layer, p in zip(self.encoder.layers, probs)}, weights
+        return QueryAttention({name[layer.self_attn]: p for layer, p in zip(self.encoder.layers, probs)}, counts,
+                              tree.labelled(logits), row_copies)
 
     def probe_targets(self, batch: tuple[Tensor, ...]) -> dict[str, ProbeTarget]:
         x, y = batch[:2]

@@ -18,6 +18,7 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
+from threadpoolctl import threadpool_limits
 
 from lit_grok.allocator import keep_freed_memory
 from lit_grok.callbacks import ConfigurationError, LitGrokError
@@ -32,7 +33,7 @@ HPARAMS_IGNORED = ("_instantiator", "_class_path")  # written by LightningCLI be
 
 
 class LitGrokCLI(LightningCLI):
-    """LightningCLI plus ``threads`` (torch's CPU threads, set before anything is built), named ``callbacks``
+    """LightningCLI plus ``threads`` (torch's and BLAS's CPU threads, set before anything is built), named ``callbacks``
     (``--callbacks.recorder.window 3`` sets one argument of one callback), checks of ``--ckpt_path`` and an
     allocator that keeps freed memory (``lit_grok.allocator``).
 
@@ -47,7 +48,7 @@ class LitGrokCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--threads", type=Optional[int], default=None,
-                            help="torch intra-op CPU threads (default: torch's own choice)")
+                            help="CPU threads of torch (intra-op) and of numpy / scipy's BLAS (default: their own choice)")
         for name in CALLBACK_NAMES:
             parser.add_lightning_class_args(Callback, f"callbacks.{name}", subclass_mode=True, required=False)
 
@@ -59,6 +60,7 @@ class LitGrokCLI(LightningCLI):
             if threads < 1:
                 raise ConfigurationError(f"threads must be >= 1 (or null for torch's default), got {threads}")
             torch.set_num_threads(threads)
+            threadpool_limits(threads, user_api="blas")  # numpy's and scipy's too: the probes' scikit-learn fits
         max_steps = config.get("trainer", {}).get("max_steps")
         if max_steps is not None and max_steps < -1:
             raise ConfigurationError(f"trainer.max_steps must be >= 0 (or -1: no limit), got {max_steps}")

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from lit_grok.cli import main
 
@@ -98,12 +99,18 @@ def test_scan_export_command(tmp_path):
     assert len(lines) == 14_670 and lines.count("IN: jump OUT: I_JUMP") == 1_467
 
 
-def test_threads_option_sets_torch_threads_before_training(capsys, monkeypatch):
+def blas_threads() -> int:
+    return max(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_threads_option_sets_torch_and_blas_threads_before_training(capsys, monkeypatch):
     dyck = str(CONFIG_DIR / "dyck.yaml")
-    before = torch.get_num_threads()
+    before, blas_before = torch.get_num_threads(), blas_threads()
     try:
-        main(["fit", "--config", dyck, "--threads=2", "--trainer.fast_dev_run=1", *QUIET])
-        assert torch.get_num_threads() == 2
+        for threads in (2, 1):  # the tests run at 1 (conftest)
+            main(["fit", "--config", dyck, f"--threads={threads}", "--trainer.fast_dev_run=1", *QUIET])
+            assert torch.get_num_threads() == threads and blas_threads() == threads
     finally:
         torch.set_num_threads(before)
+        threadpool_limits(blas_before, user_api="blas")
     assert "threads must be >= 1" in cli_error(capsys, "--config", dyck, "--threads=0")

@@ -20,7 +20,6 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI
 from threadpoolctl import threadpool_limits
 
-from lit_grok.allocator import keep_freed_memory
 from lit_grok.callbacks import ConfigurationError, LitGrokError
 
 CALLBACK_NAMES = (  # the named callback slots of the configs: --callbacks.NAME.ARG VALUE sets one argument
@@ -34,8 +33,7 @@ HPARAMS_IGNORED = ("_instantiator", "_class_path")  # written by LightningCLI be
 
 class LitGrokCLI(LightningCLI):
     """LightningCLI plus ``threads`` (torch's and BLAS's CPU threads, set before anything is built), named ``callbacks``
-    (``--callbacks.recorder.window 3`` sets one argument of one callback), checks of ``--ckpt_path`` and an
-    allocator that keeps freed memory (``lit_grok.allocator``).
+    (``--callbacks.recorder.window 3`` sets one argument of one callback) and checks of ``--ckpt_path``.
 
     The order of floating-point reductions depends on the thread count, and so does the late trajectory
     of a CPU run; the Dyck configs pin 1 thread, the setting of the paper's numbers.
@@ -53,7 +51,6 @@ class LitGrokCLI(LightningCLI):
             parser.add_lightning_class_args(Callback, f"callbacks.{name}", subclass_mode=True, required=False)
 
     def before_instantiate_classes(self) -> None:
-        keep_freed_memory()  # large tensors reuse freed heap memory instead of faulting in fresh pages
         config = self.config[self.subcommand] if self.subcommand else self.config
         threads = config.get("threads")
         if threads is not None:

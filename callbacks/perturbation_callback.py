@@ -225,7 +225,8 @@ def attention_evaluation(pl_module: pl.LightningModule, batches: list[Any]) -> t
         if missing := sorted(set(modules) - seen.probs.keys()):
             raise ConfigurationError(f"PerturbationCallback: {type(pl_module).__name__}.query_attention gave no attention "
                                      f"for {missing}; return every nn.MultiheadAttention's, or set attention_curves=False")
-        evaluation = evaluation_of([seen.labelled], [seen.row_copies], pl_module.task_metric, keep_outputs=True)
+        copies = None if seen.row_copies is None else [seen.row_copies]
+        evaluation = evaluation_of([seen.labelled], copies, pl_module.task_metric, keep_outputs=True)
         queries, counts = {name: seen.probs[name][:, :, None] for name in modules}, seen.counts  # [Q, H, 1, K]
     else:
         with captured_attention(pl_module, None, "PerturbationCallback") as store:

@@ -302,6 +302,32 @@ def test_attention_curves_without_attention_modules_fail_before_training(tmp_pat
     assert trainer.global_step == 0
 
 
+def test_query_attention_with_every_row_once_equals_the_padded_path(monkeypatch):
+    from lit_grok.callbacks import QueryAttention, perturbation_callback as perturbation_module
+    from lit_grok.callbacks.perturbation_callback import attention_evaluation
+    from lit_grok.callbacks.utils.hidden_states import captured_attention
+    from tiny_attention_model import TinyAttention
+
+    class EveryQuery(TinyAttention):  # each padded query once (counts 1), every row once (row_copies None)
+        def query_attention(self, batches):
+            with captured_attention(self, None, "test") as store:
+                labelled = self.labelled_logits(batches[0])
+            probs = store["attn"][0]  # [B, H, T, T]
+            B, H, T, _ = probs.shape
+            return QueryAttention({"attn": probs.permute(0, 2, 1, 3).reshape(B * T, H, T)},
+                                  torch.ones(B * T, dtype=torch.long), labelled, None)
+
+    torch.manual_seed(0)
+    model = EveryQuery().eval()
+    batch = [next(iter(model.val_dataloader()))]
+    fast, fast_state = attention_evaluation(model, batch)
+    monkeypatch.setattr(perturbation_module, "QueryAttentionModule", type("Nothing", (), {}))  # the padded path
+    slow, slow_state = attention_evaluation(model, batch)
+    assert (fast.token_correct, fast.token_total, fast.seq_correct) == (slow.token_correct, slow.token_total, slow.seq_correct)
+    assert fast.loss == pytest.approx(slow.loss, rel=1e-12) and fast.token_counts is None
+    assert fast_state == pytest.approx(slow_state, rel=1e-12)
+
+
 def test_attention_curves_name_the_modules_query_attention_left_out():
     from lit_grok.callbacks import QueryAttention
     from lit_grok.callbacks.perturbation_callback import attention_evaluation

@@ -48,7 +48,7 @@ class QueryAttention:
     probs: dict[str, Tensor]  # {name of every nn.MultiheadAttention: [Q, H, K]}, 0 where a query does not attend
     counts: Tensor  # [Q] int64: the batches' queries each query stands for
     labelled: tuple[Tensor, Tensor, Tensor]  # logits [L, C], targets [L], row [L] of every labelled token
-    row_copies: Tensor  # [R] int64: the batches' rows each row of ``labelled`` stands for
+    row_copies: Tensor | None  # [R] int64: the batches' rows each row of ``labelled`` stands for (None: one each)
 
 
 @runtime_checkable

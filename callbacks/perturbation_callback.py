@@ -148,8 +148,10 @@ class PerturbationCallback(CausalTestCallback):
         with eval_mode(pl_module):
             data = evaluation_set(pl_module, batches)  # each distinct row once, counted as often as it occurs
 
+            queries = query_batches(pl_module, batches) if self.attention_curves else None  # laid out once
+
             def state() -> tuple[Evaluation, dict[str, float]]:  # with the attention curves, from the same forward
-                return attention_evaluation(pl_module, batches) if self.attention_curves else (
+                return attention_evaluation(pl_module, queries) if self.attention_curves else (
                     evaluate(pl_module, data, keep_outputs=True), {})
 
             def at(direction: Tensor, eps: float) -> tuple[Evaluation, dict[str, float]]:
@@ -214,14 +216,19 @@ class PerturbationCallback(CausalTestCallback):
                 "eps_mode": self.eps_mode, "fd_scale": self.fd_scale, "attention_curves": self.attention_curves}
 
 
+def query_batches(pl_module: pl.LightningModule, batches: list[Any]) -> Any:
+    """What ``attention_evaluation`` runs: the module's ``query_batch`` layout of ``batches``, else the batches."""
+    return pl_module.query_batch(batches) if isinstance(pl_module, QueryAttentionModule) else batches
+
+
 @torch.no_grad()
-def attention_evaluation(pl_module: pl.LightningModule, batches: list[Any]) -> tuple[Evaluation, dict[str, float]]:
-    """One forward of ``batches``: its evaluation, and the attention entropy of every ``nn.MultiheadAttention`` (mean
-    over sequences, heads and every query, pads included; then over modules) with the mean W_Q/W_K commutator norm
-    (docs/methods.md §6.1)."""
+def attention_evaluation(pl_module: pl.LightningModule, queries: Any) -> tuple[Evaluation, dict[str, float]]:
+    """One forward of ``queries`` (``query_batches``): its evaluation, and the attention entropy of every
+    ``nn.MultiheadAttention`` (mean over sequences, heads and every query, pads included; then over modules) with the
+    mean W_Q/W_K commutator norm (docs/methods.md §6.1)."""
     modules = attention_modules(pl_module, None, "PerturbationCallback")
     if isinstance(pl_module, QueryAttentionModule):  # each distinct query once, with its count
-        seen = pl_module.query_attention(batches)
+        seen = pl_module.query_attention(queries)
         if missing := sorted(set(modules) - seen.probs.keys()):
             raise ConfigurationError(f"PerturbationCallback: {type(pl_module).__name__}.query_attention gave no attention "
                                      f"for {missing}; return every nn.MultiheadAttention's, or set attention_curves=False")
@@ -230,7 +237,7 @@ def attention_evaluation(pl_module: pl.LightningModule, batches: list[Any]) -> t
         queries, counts = {name: seen.probs[name][:, :, None] for name in modules}, seen.counts  # [Q, H, 1, K]
     else:
         with captured_attention(pl_module, None, "PerturbationCallback") as store:
-            evaluation = evaluate(pl_module, batches, keep_outputs=True)
+            evaluation = evaluate(pl_module, queries, keep_outputs=True)
         queries, counts = {name: torch.cat(store[name]) for name in modules}, None  # [B, H, T, S]
     entropy = [float(head_entropy(p, None, counts).mean()) for p in queries.values()]  # [H] per module, meaned
     commutators = [qk_commutator(m.in_proj_weight) for m in modules.values() if m.in_proj_weight is not None]

@@ -304,11 +304,14 @@ def test_attention_curves_without_attention_modules_fail_before_training(tmp_pat
 
 def test_query_attention_with_every_row_once_equals_the_padded_path(monkeypatch):
     from lit_grok.callbacks import QueryAttention, perturbation_callback as perturbation_module
-    from lit_grok.callbacks.perturbation_callback import attention_evaluation
+    from lit_grok.callbacks.perturbation_callback import attention_evaluation, query_batches
     from lit_grok.callbacks.utils.hidden_states import captured_attention
     from tiny_attention_model import TinyAttention
 
     class EveryQuery(TinyAttention):  # each padded query once (counts 1), every row once (row_copies None)
+        def query_batch(self, batches):
+            return batches
+
         def query_attention(self, batches):
             with captured_attention(self, None, "test") as store:
                 labelled = self.labelled_logits(batches[0])
@@ -320,9 +323,9 @@ def test_query_attention_with_every_row_once_equals_the_padded_path(monkeypatch)
     torch.manual_seed(0)
     model = EveryQuery().eval()
     batch = [next(iter(model.val_dataloader()))]
-    fast, fast_state = attention_evaluation(model, batch)
+    fast, fast_state = attention_evaluation(model, query_batches(model, batch))
     monkeypatch.setattr(perturbation_module, "QueryAttentionModule", type("Nothing", (), {}))  # the padded path
-    slow, slow_state = attention_evaluation(model, batch)
+    slow, slow_state = attention_evaluation(model, query_batches(model, batch))
     assert (fast.token_correct, fast.token_total, fast.seq_correct) == (slow.token_correct, slow.token_total, slow.seq_correct)
     assert fast.loss == pytest.approx(slow.loss, rel=1e-12) and fast.token_counts is None
     assert fast_state == pytest.approx(slow_state, rel=1e-12)
@@ -330,14 +333,18 @@ def test_query_attention_with_every_row_once_equals_the_padded_path(monkeypatch)
 
 def test_attention_curves_name_the_modules_query_attention_left_out():
     from lit_grok.callbacks import QueryAttention
-    from lit_grok.callbacks.perturbation_callback import attention_evaluation
+    from lit_grok.callbacks.perturbation_callback import attention_evaluation, query_batches
     from tiny_attention_model import TinyAttention
 
     class Forgetful(TinyAttention):  # offers each query's attention once, but for no module
+        def query_batch(self, batches):
+            return batches
+
         def query_attention(self, batches):
             return QueryAttention({}, torch.ones(1, dtype=torch.long), self.labelled_logits(batches[0]), None)
 
     batches = list(TinyAttention().val_dataloader())
     with pytest.raises(ValueError, match=r"Forgetful.query_attention gave no attention for \['attn'\]; return every "
                                          r"nn.MultiheadAttention's, or set attention_curves=False"):
-        attention_evaluation(Forgetful().eval(), batches)
+        model = Forgetful().eval()
+        attention_evaluation(model, query_batches(model, batches))

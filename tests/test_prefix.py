@@ -88,7 +88,7 @@ def test_query_attention_is_every_padded_query_once_with_its_copies():
         torch.testing.assert_close(p[tree.stream], want[tree.order[tree.row], :, t], rtol=1e-5, atol=1e-6)
 
     # the module's counts: every padded query (the five copies too) counted once
-    seen = model.query_attention([(x, y)])
+    seen = model.query_attention(model.query_batch([(x, y)]))
     assert seen.probs.keys() == padded.keys() and int(seen.counts.sum()) == B * T
     for name, want in padded.items():
         mean = (seen.probs[name] * seen.counts[:, None, None]).sum(0) / seen.counts.sum()  # [H, K]

@@ -56,10 +56,14 @@ class QueryAttentionModule(Protocol):
     """Optional, for speed where every query counts (the perturbation's attention curves average over every padded
     query): each distinct query's attention once, counted as often as it occurs, and the evaluation of the same pass."""
 
-    def query_attention(self, batches: Sequence[Any]) -> QueryAttention:
-        """The attention of Q queries over K keys that stand for every query of ``batches``' forward as the counts
-        say (each distinct query once, or any grouping with the same attention), with the labelled tokens of
-        ``batches`` (each distinct row once, counted by ``row_copies``, or every row once)."""
+    def query_batch(self, batches: Sequence[Any]) -> Any:
+        """``batches`` laid out for ``query_attention``: built once, then evaluated at many weights."""
+        ...
+
+    def query_attention(self, batch: Any) -> QueryAttention:
+        """The attention of Q queries over K keys that stand for every query of the forward of the batches
+        ``query_batch`` laid out, as the counts say (each distinct query once, or any grouping with the same
+        attention), with their labelled tokens (each distinct row once, counted by ``row_copies``, or every row once)."""
         ...
 
 

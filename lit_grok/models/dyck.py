@@ -135,17 +135,21 @@ class DyckTransformer(GrokModule):
         trees = [prefix_batch(x, y, group, PREFIX_CHUNK, self.hparams.n_heads) for group in rows.split(PREFIX_ROWS)]
         return [(tree, copies[tree.order]) for tree in trees]
 
-    @torch.no_grad()
-    def query_attention(self, batches: list[tuple[Tensor, ...]]) -> QueryAttention:
-        """Each block's attention of every distinct query of the padded ``batches`` once, padding queries included,
-        counted by how many of the batches' queries it stands for, and the labelled logits of that one forward. The
-        queries are the nodes of the padded rows' prefix tree (a causal query's attention depends on its prefix alone)."""
+    def query_batch(self, batches: list[tuple[Tensor, ...]]) -> tuple[PrefixBatch, Tensor]:
+        """The padded rows' prefix tree (every position real, padding tokens too) and each of its rows' copies [R]:
+        the queries of ``query_attention`` (a causal query's attention depends on its prefix alone)."""
         x, y, copies, rows = distinct_rows(batches)
         tree = prefix_batch(x, y, lexicographic(x, rows), PREFIX_CHUNK, self.hparams.n_heads, whole_rows=True)
+        return tree, copies[tree.order]
+
+    @torch.no_grad()
+    def query_attention(self, batch: tuple[PrefixBatch, Tensor]) -> QueryAttention:
+        """Each block's attention of every distinct query of the padded batches once (the nodes of ``query_batch``'s
+        tree), counted by how many of the batches' queries it stands for, and the labelled logits of that forward."""
+        tree, row_copies = batch
         probs: list[Tensor] = []
         logits = self.prefix_logits(tree, probs)  # [Q, n_classes]
-        row_copies = copies[tree.order]  # [R]
-        counts = torch.zeros(len(tree.tokens), dtype=torch.long, device=x.device)
+        counts = torch.zeros(len(tree.tokens), dtype=torch.long, device=row_copies.device)
         counts.index_add_(0, tree.stream, row_copies[tree.row])  # [Q] copies of the rows through each node
         name = {module: name for name, module in self.named_modules()}
         return QueryAttention({name[layer.self_attn]: p for layer, p in zip(self.encoder.layers, probs)}, counts,

@@ -10,7 +10,7 @@ from torch import nn
 
 from callbacks.utils.hidden_states import captured_outputs, resolve_modules
 from callbacks.probe_callback import ProbeCallback
-from callbacks.functional.probe import group_split, make_probe, run_probes, token_samples
+from callbacks.functional.probe import QuadraticRidge, group_split, make_probe, run_probes, token_samples
 from callbacks.utils.protocols import ProbeTarget
 from probe_toy_model import ToyEncoder, trainer
 
@@ -39,6 +39,23 @@ def test_linear_probe_equals_closed_form_ridge_on_standardised_features():
     res = run_probes(X, y, groups, False, ("linear",), seed=3, ridge_alpha=2.5)[0]
     assert res.value == pytest.approx(expected, abs=1e-9)
     assert (res.metric, res.n_train, res.n_test) == ("r2", len(train), len(test))
+
+
+@pytest.mark.parametrize("n_train", [20, 80])  # fewer samples than the 27 features (dual), more (primal)
+def test_quadratic_ridge_equals_ridge_on_explicit_degree_2_features(n_train):
+    # brute force: every x_i and x_i x_j (i <= j), centred, ridge normal equations with an unpenalised intercept
+    rng = np.random.default_rng(n_train)
+    X = rng.standard_normal((n_train + 20, 6)) * [1, 2, 0.5, 1, 3, 1]
+    y = X[:, 0] * X[:, 1] + X[:, 2] + 0.1 * rng.standard_normal(len(X))
+    i, j = np.triu_indices(6)
+    features = np.c_[X, X[:, i] * X[:, j]]  # [n, 6 + 21]
+    train, test = features[:n_train], features[n_train:]
+    mu, y_mu = train.mean(0), y[:n_train].mean()
+    w = np.linalg.solve((train - mu).T @ (train - mu) + 3.0 * np.eye(27), (train - mu).T @ (y[:n_train] - y_mu))
+    expected = (test - mu) @ w + y_mu
+    probe = QuadraticRidge(alpha=3.0).fit(X[:n_train], y[:n_train])
+    assert (probe.primal_ is None) == (n_train < 27)
+    np.testing.assert_allclose(probe.predict(X[n_train:]), expected, rtol=1e-10, atol=1e-10)
 
 
 def test_raw_features_reproduce_the_reference_scale_artefact():

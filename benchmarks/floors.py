@@ -8,8 +8,10 @@ wall time per unit of work, the matmul kernels' time (``torch.profiler`` self ti
 baddbmm / _addmm_activation, and their GFLOP), and the largest other kinds of work. The matmuls are what
 no reorganisation of the same computation in the same precision removes: a target below them cannot be met
 by this code path. The weights do not matter (untrained models: same shapes, same FLOPs); the data are the
-shipped sets. The other kinds' shares are the profiler's: it inflates some memory-bound ops (the Dyck
-evaluation's ``index_select`` gathers show 39 % profiled, 13 % when each call is timed alone).
+shipped sets. The other kinds' shares are the profiler's: it inflates some memory-bound ops, so the Dyck
+evaluation is also timed call by call, its pieces wrapped in timers (the gathers: 49 % profiled, 12 % timed).
+
+    python benchmarks/floors.py --threads 1 --work dyck_analysis   # one unit of work only
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, not an editable install's
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -123,21 +126,63 @@ def dyck_analysis_evaluation(repeats: int) -> None:
     model, dm = DyckTransformer().eval(), DyckDataModule()
     data = evaluation_set(model, [batch[:2] for batch in dm.val_dataloader()[0]])
     nodes = sum(len(tree.tokens) for tree in data.batches)
-    report(f"Dyck analysis evaluation of the 5000 test rows ({nodes} prefix-tree nodes, keep_outputs)",
-           *profiled(lambda: evaluate(model, data, keep_outputs=True), repeats))
+    work = lambda: evaluate(model, data, keep_outputs=True)  # noqa: E731
+    report(f"Dyck analysis evaluation of the 5000 test rows ({nodes} prefix-tree nodes, keep_outputs)", *profiled(work, repeats))
+    wall, pieces = timed_calls(work, repeats)
+    print(f"  timed call by call, unprofiled: {1e3 * wall:.1f} ms per evaluation: "
+          + ", ".join(f"{name} {1e3 * s:.1f}" for name, s in pieces.items()) + f", the rest {1e3 * (wall - sum(pieces.values())):.1f}")
+
+
+def timed_calls(work, repeats: int) -> tuple[float, dict[str, float]]:
+    """(median wall seconds of ``work``, {piece: seconds per call}) with each of the prefix-tree forward's pieces wrapped in
+    a timer instead of profiled (the profiler inflates small memory-bound ops such as the gathers): the linear layers,
+    the per-chunk attention, the q / k / v and output gathers, the layer norms; the rest is GELU, adds and counting."""
+    import lit_grok.models.prefix as prefix
+
+    pieces = {"linear layers": (F, "linear"), "attention (attend)": (prefix, "attend"),
+              "gathers (index_select)": (torch.Tensor, "index_select"), "layer norms": (F, "layer_norm")}
+    seconds = dict.fromkeys(pieces, 0.0)
+
+    def timer(name, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+        return timed
+
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in pieces.items()}
+    try:
+        for name, (owner, attr) in pieces.items():
+            setattr(owner, attr, timer(name, originals[name]))
+        work()  # warm-up
+        seconds.update(dict.fromkeys(pieces, 0.0))
+        walls = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            walls.append(time.perf_counter() - start)
+    finally:
+        for name, (owner, attr) in pieces.items():
+            setattr(owner, attr, originals[name])
+    return statistics.median(walls), {name: s / repeats for name, s in seconds.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed and profiled repeats of each unit of work")
+    parser.add_argument("--work", nargs="+", choices=["scan_step", "scan_evaluation", "dyck_analysis"],
+                        help="only these units of work (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    scan_step(False, args.repeats)
-    scan_step(True, args.repeats)
-    scan_evaluation(args.repeats)
-    dyck_analysis_evaluation(args.repeats)
+    works = {"scan_step": lambda: (scan_step(False, args.repeats), scan_step(True, args.repeats)),
+             "scan_evaluation": lambda: scan_evaluation(args.repeats),
+             "dyck_analysis": lambda: dyck_analysis_evaluation(args.repeats)}
+    for name in args.work or works:
+        works[name]()
 
 
 if __name__ == "__main__":

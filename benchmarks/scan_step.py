@@ -4,8 +4,9 @@ in fp32 and bf16-mixed (CPU autocast, as Lightning's ``precision: bf16-mixed``),
     python benchmarks/scan_step.py --threads 1
     python benchmarks/scan_step.py --threads 1 --variants old_fp32 new_fp32 new_bf16_math
 
-``*_math`` runs the forward under ``sdpa_kernel(MATH)``: attention as plain matmuls, whose bf16 backward
-avoids the fused CPU attention backward. Every variant trains its own copy of the seed-2024 model on the
+Under CPU autocast the model runs its attention as explicit products (``lit_grok.models.scan.attention``);
+``new_bf16_math`` is the previous bf16 path for comparison: the same packed step with the encoder through its
+modules and every attention on SDPA's math kernel (which copies bf16 inputs to fp32 and back). Every variant trains its own copy of the seed-2024 model on the
 same batches of the training stream; medians of the per-step times are printed, with ratios to old_fp32.
 """
 from __future__ import annotations
@@ -15,21 +16,23 @@ import copy
 import statistics
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, not an editable install's
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import lit_grok  # noqa: E402
+import lit_grok.models.scan as scan_model  # noqa: E402
 from lit_grok.data.scan import ScanDataModule  # noqa: E402
 from lit_grok.models.common import masked_cross_entropy  # noqa: E402
 from lit_grok.models.scan import ScanTransformer  # noqa: E402
 
-VARIANTS = {  # name: (length-sorted loss, bf16 autocast, math attention kernel)
+VARIANTS = {  # name: (length-sorted loss, bf16 autocast, the previous bf16 path: math attention kernel)
     "old_fp32": (False, False, False),
     "new_fp32": (True, False, False),
     "old_bf16": (False, True, False),
@@ -45,12 +48,25 @@ def step(model: ScanTransformer, opt: torch.optim.Optimizer, batch, sorted_loss:
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
         if math:
             stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            stack.enter_context(previous_bf16_path(model))
         loss = model.length_sorted_loss(*batch) if sorted_loss else masked_cross_entropy(model(src, tgt_in), tgt_out)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     return float(loss.detach())
+
+
+@contextmanager
+def previous_bf16_path(model: ScanTransformer):
+    """The packed step as it was before explicit bf16 attention: encoder modules, attention by SDPA."""
+    attention, model.packed_encode = scan_model.attention, model.encode
+    scan_model.attention = lambda q, k, v, keep=None, causal=False: F.scaled_dot_product_attention(q, k, v, keep, is_causal=causal)
+    try:
+        yield
+    finally:
+        scan_model.attention = attention
+        del model.packed_encode
 
 
 def main() -> None:

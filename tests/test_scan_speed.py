@@ -2,12 +2,13 @@
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from reference_paths import padded_token_metrics, prefix_greedy_decode
 
 from lit_grok.data.scan import ScanDataModule
 from lit_grok.data.common import IGNORE
 from lit_grok.models.common import masked_cross_entropy
-from lit_grok.models.scan import EOS, EVAL_SETS, PAD, TRAIN_CHUNK, ScanTransformer, greedy_exact_match
+from lit_grok.models.scan import EOS, EVAL_SETS, PAD, TRAIN_CHUNK, ScanTransformer, attention, greedy_exact_match
 
 
 SMALL = dict(d_model=64, n_heads=4, d_ff=128)  # the real layout, narrower: quick to train in a test
@@ -173,12 +174,33 @@ def test_greedy_matches_read_off_where_the_teacher_forced_logits_lead_and_decode
     assert 0 < int(got.sum()) < 128  # right rows and wrong rows
 
 
-def test_bf16_mixed_training_on_cpu_runs_attention_through_the_math_kernel():
+def test_packed_encoder_gives_the_encoder_modules_memory(data):
+    torch.manual_seed(2024)
+    model = ScanTransformer()
+    src = data.train_data[0][:64]
+    assert torch.equal(model.packed_encode(src), model.encode(src))  # training mode: the modules' own kernels
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_under_cpu_autocast_is_bf16_products_around_an_fp32_softmax(causal):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 7, 16).unbind(0)  # [B, H, L, dh] each
+    keep = torch.rand(2, 1, 1, 7) > 0.3
+    keep[..., 0] = True  # every query keeps a key
+    mask = None if causal else keep
+    assert torch.equal(attention(q, k, v, mask, causal), F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal))
+    bf = [x.bfloat16() for x in (q, k, v)]
+    scores = ((bf[0] * 0.25) @ bf[1].transpose(-2, -1)).float()  # 0.25 = 1 / sqrt(dh)
+    hidden = torch.ones(7, 7, dtype=torch.bool).triu(1) if causal else ~keep
+    want = (scores.masked_fill(hidden, float("-inf")).softmax(-1).bfloat16() @ bf[2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention(*bf, mask, causal)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+    torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal), rtol=0, atol=0.05)
+
+
+def test_bf16_mixed_training_on_cpu_trains():
     model = ScanTransformer(**SMALL)
-    with model.training_attention():
-        assert torch.backends.cuda.flash_sdp_enabled()  # fp32: PyTorch's own choice of kernel
-    with torch.autocast("cpu", dtype=torch.bfloat16), model.training_attention():
-        assert not torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
     small = ScanDataModule(n_train=64, n_test_eval=32, batch_size=16, eval_batch_size=32)
     trainer = pl.Trainer(max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

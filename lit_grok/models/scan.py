@@ -6,12 +6,10 @@ sees padded source positions; ``memory_padding_mask=True`` is the corrected vari
 from __future__ import annotations
 
 import warnings
-from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import MeanMetric
 
 from callbacks import ConfigurationError, ProbeTarget, sequence_keys
@@ -98,9 +96,23 @@ class ScanTransformer(GrokModule):
                 raise ConfigurationError(f"model.{name}={self.hparams[name]} but the data has {getattr(dm, name)}; set model.{name}: {getattr(dm, name)}")
 
     def encode(self, src: Tensor) -> Tensor:
-        # src [B, S] -> memory [B, S, D] (after the encoder's final LN)
-        h = self.src_tok(src) + self.src_pos(torch.arange(src.shape[1], device=src.device))
-        return self.transformer.encoder(h, src_key_padding_mask=src == PAD)
+        # src [B, S] -> memory [B, S, D] (after the encoder's final LN), through the encoder's modules (hookable)
+        return self.transformer.encoder(self.source_embedding(src), src_key_padding_mask=src == PAD)
+
+    def source_embedding(self, src: Tensor) -> Tensor:
+        # src [B, S] -> [B, S, D]
+        return self.src_tok(src) + self.src_pos(torch.arange(src.shape[1], device=src.device))
+
+    def packed_encode(self, src: Tensor) -> Tensor:
+        """``encode`` written out layer by layer (pre-LN nn.TransformerEncoderLayer), its attention by ``attention``:
+        [B, S] -> memory [B, S, D], in fp32 equal to ``encode`` (gradients to rounding); no module hooks fire."""
+        h, keep = self.source_embedding(src), (src != PAD)[:, None, None]  # [B, S, D], [B, 1, 1, S]
+        for layer in self.transformer.encoder.layers:
+            q, k, v = F.linear(layer.norm1(h), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
+            attended = attention(heads(q, self.hparams.n_heads), heads(k, self.hparams.n_heads), heads(v, self.hparams.n_heads), keep)
+            h = h + layer.self_attn.out_proj(merge_heads(attended))
+            h = h + layer._ff_block(layer.norm2(h))
+        return self.transformer.encoder.norm(h)
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src: Tensor) -> Tensor:
         # tgt_in [B, T], memory [B, S, D] -> logits [B, T, V]
@@ -146,7 +158,7 @@ class ScanTransformer(GrokModule):
             for layer, kv, (k_mem, v_mem) in zip(layers, cache, cross):
                 h = h + self_attention_step(layer.self_attn, layer.norm1(h), kv, t, key_keep[..., : t + 1], H)
                 q = heads(F.linear(layer.norm2(h), *q_projection(layer.multihead_attn)), H)  # [A, H, 1, dh]
-                attended = F.scaled_dot_product_attention(q, k_mem, v_mem, attn_mask=memory_keep)
+                attended = attention(q, k_mem, v_mem, memory_keep)
                 h = h + layer.multihead_attn.out_proj(merge_heads(attended))
                 h = h + layer._ff_block(layer.norm3(h))
             step_logits = self.head(self.ln_out(self.transformer.decoder.norm(h)))[:, 0]  # [A, V]
@@ -166,17 +178,9 @@ class ScanTransformer(GrokModule):
         return ids, logits
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        with self.training_attention():
-            loss = self.length_sorted_loss(*batch)
+        loss = self.length_sorted_loss(*batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
-
-    def training_attention(self) -> AbstractContextManager:
-        """Under CPU autocast (``precision: bf16-mixed``), attention as plain matmuls (SDPA's math kernel):
-        the fused CPU kernel's bf16 backward is slower than the whole fp32 step's attention."""
-        if self.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            return sdpa_kernel([SDPBackend.MATH])
-        return nullcontext()
 
     def length_sorted_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> Tensor:
         """The batch's token-mean cross-entropy from the packed length-sorted decoder (``packed_logits``):
@@ -189,7 +193,7 @@ class ScanTransformer(GrokModule):
         each cut after its last label and laid end to end in one [N, D] stream: the position-wise layers run once
         on all N positions, attention per chunk (a view of the stream). For every labelled position the logits
         are the padded batch's: the causal mask alone already hides the padding keys (padding only trails)."""
-        memory = self.encode(src)  # [B, S, D]: source padding stays, cross-attention sees it (reference)
+        memory = self.packed_encode(src)  # [B, S, D]: source padding stays, cross-attention sees it (reference)
         chunks = length_sorted_chunks(tgt_out, chunk)
         rows = torch.cat([r for r, _ in chunks])  # [B'] the rows in stream order
         shapes = [(len(r), T) for r, T in chunks]
@@ -270,6 +274,21 @@ class ScanTransformer(GrokModule):
         }
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None = None, causal: bool = False) -> Tensor:
+    """softmax(q kᵀ / √dh) v [B, H, Lq, dh] of q [B, H, Lq, dh], k, v [B, H, Lk, dh]; ``keep`` [B, 1, 1, Lk] (False hides
+    a key) or None, ``causal`` hides later keys (Lq = Lk). SDPA's kernel, except under CPU autocast (``precision:
+    bf16-mixed``): there explicit products, autocast's bf16 matmuls around an fp32 softmax, because the fused CPU
+    kernel's bf16 backward is slow and its math kernel copies everything to fp32 and back."""
+    if not (q.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, is_causal=causal)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # [B, H, Lq, Lk] bf16
+    if causal:
+        scores = scores.masked_fill(causal_mask(q.shape[-2], q.device), float("-inf"))
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return scores.softmax(-1) @ v  # autocast: softmax in fp32, the product in bf16
+
+
 def heads(x: Tensor, n_heads: int) -> Tensor:
     """[B, L, D] -> [B, H, L, D / H]."""
     return x.unflatten(-1, (n_heads, -1)).transpose(1, 2)
@@ -298,7 +317,7 @@ def self_attention_step(attn: nn.MultiheadAttention, x: Tensor, kv: Tensor, t: i
     in ``kv`` [2, B, H, L, dh] at ``t``, attends over positions 0..t where ``key_keep`` [B, 1, 1, t + 1]."""
     q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)  # [B, 1, D] each
     kv[0, :, :, t], kv[1, :, :, t] = heads(k, n_heads)[:, :, 0], heads(v, n_heads)[:, :, 0]
-    out = F.scaled_dot_product_attention(heads(q, n_heads), kv[0, :, :, : t + 1], kv[1, :, :, : t + 1], attn_mask=key_keep)
+    out = attention(heads(q, n_heads), kv[0, :, :, : t + 1], kv[1, :, :, : t + 1], key_keep)
     return attn.out_proj(merge_heads(out))
 
 
@@ -306,7 +325,7 @@ def packed_self_attention(attn: nn.MultiheadAttention, x: Tensor, shapes: list[t
     """Causal self-attention [N, D] of a stream ``x`` [N, D] of chunks, chunk i = ``shapes[i]`` (rows b, length T)
     laid out row-major: one input and one output projection over the stream, attention per chunk."""
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # [N, 3 D]
-    out = [F.scaled_dot_product_attention(*block.unflatten(-1, (3, n_heads, -1)).permute(2, 0, 3, 1, 4), is_causal=True)
+    out = [attention(*block.unflatten(-1, (3, n_heads, -1)).permute(2, 0, 3, 1, 4), causal=True)
            for block in chunk_views(qkv, shapes)]  # [b, H, T, dh] each
     return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 
@@ -320,7 +339,7 @@ def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tenso
     out, first = [], 0
     for block, (b, _) in zip(chunk_views(q, shapes), shapes):
         keep = None if memory_keep is None else memory_keep[first:first + b]
-        out.append(F.scaled_dot_product_attention(heads(block, n_heads), k[first:first + b], v[first:first + b], attn_mask=keep))
+        out.append(attention(heads(block, n_heads), k[first:first + b], v[first:first + b], keep))
         first += b
     return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 

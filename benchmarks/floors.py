@@ -28,7 +28,6 @@ sys.path.insert(0, str(ROOT))  # this checkout's packages, not an editable insta
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation"}
@@ -88,8 +87,7 @@ def scan_step(bf16: bool, repeats: int) -> None:
 
     def one_step() -> None:
         batch = batches.pop()
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext(), \
-                sdpa_kernel([SDPBackend.MATH]) if bf16 else nullcontext():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             loss = model.length_sorted_loss(*batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()

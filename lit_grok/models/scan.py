@@ -108,8 +108,8 @@ class ScanTransformer(GrokModule):
         [B, S] -> memory [B, S, D], in fp32 equal to ``encode`` (gradients to rounding); no module hooks fire."""
         h, keep = self.source_embedding(src), (src != PAD)[:, None, None]  # [B, S, D], [B, 1, 1, S]
         for layer in self.transformer.encoder.layers:
-            q, k, v = F.linear(layer.norm1(h), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias).chunk(3, -1)
-            attended = attention(heads(q, self.hparams.n_heads), heads(k, self.hparams.n_heads), heads(v, self.hparams.n_heads), keep)
+            qkv = F.linear(layer.norm1(h), layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias)  # [B, S, 3 D]
+            attended = attention(*qkv.unflatten(-1, (3, self.hparams.n_heads, -1)).permute(2, 0, 3, 1, 4), keep)  # [B, H, S, dh]
             h = h + layer.self_attn.out_proj(merge_heads(attended))
             h = h + layer._ff_block(layer.norm2(h))
         return self.transformer.encoder.norm(h)

@@ -7,6 +7,7 @@ import yaml
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from lit_grok.cli import main
+from lit_grok.models import common
 
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 # Each shipped experiment: its base config, then the overrides (as the README runs them)
@@ -39,9 +40,10 @@ def test_every_config_file_belongs_to_an_experiment():
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_fast_dev_run_of_every_config(experiment):
+def test_fast_dev_run_of_every_config(experiment, monkeypatch):
     # The SCAN smoke keeps the full model but small batches: one step, one validation batch per set.
     smaller = SMALL_SCAN_BATCHES if experiment.startswith("scan") else []
+    monkeypatch.setattr(common, "cpu_emulates", lambda precision: False)  # bf16 runs here even on an AVX2 CPU
     main(["fit", *config_args(experiment), "--trainer.fast_dev_run=1", *smaller, *QUIET])
 
 
@@ -91,6 +93,16 @@ def test_bad_input_is_one_clear_line(capsys, tmp_path):
     (tmp_path / "tasks_train_simple.txt").write_text("IN: jump OUT: I_JUMP\nthis line is broken\n")
     (tmp_path / "tasks_test_simple.txt").write_text("IN: walk OUT: I_WALK\n")
     assert "tasks_train_simple.txt:2" in cli_error(capsys, "--config", scan, f"--data.init_args.data_dir={tmp_path}")
+
+
+def test_low_precision_that_this_cpu_only_emulates_is_refused_before_the_first_step(capsys, monkeypatch):
+    emulated = []
+    monkeypatch.setattr(common, "cpu_emulates", lambda precision: emulated.append(precision) or precision != "32-true")
+    bf16 = config_args("scan_bf16_nowd")
+    assert "use trainer.precision=32-true (for SCAN: leave out configs/scan_bf16.yaml)" in cli_error(capsys, *bf16)
+    assert emulated == ["bf16-mixed"]
+    main(["fit", *config_args("scan"), "--trainer.fast_dev_run=1", *SMALL_SCAN_BATCHES, *QUIET])  # fp32 runs
+    assert emulated[1:] == ["32-true"]
 
 
 def test_scan_export_command(tmp_path):

@@ -58,7 +58,7 @@ def test_planted_rank_one_loss_gives_its_alpha_and_g():
     residual = float(a @ theta.detach() - 2.0)
     assert g.tolist() == pytest.approx([residual * 5.0, 0.0])
     out = importance(alpha, g, 2 * g, torch.tensor([1.0, 0.0]))
-    assert out["predicted"] == pytest.approx([1.0 * g[0] * 2 * g[0], 0.0])
+    assert out["predicted"] == pytest.approx([2 * float(g[0]) ** 2, 0.0])
     assert math.isnan(out["pearson"]) and out["few_points"]  # two points: no correlation
 
 

@@ -7,6 +7,7 @@ from reference_paths import padded_token_metrics, prefix_greedy_decode
 
 from lit_grok.data.scan import ScanDataModule
 from lit_grok.data.common import IGNORE
+from lit_grok.models import common
 from lit_grok.models.common import masked_cross_entropy
 from lit_grok.models.scan import EOS, EVAL_SETS, PAD, TRAIN_CHUNK, ScanTransformer, attention, greedy_exact_match
 
@@ -199,7 +200,8 @@ def test_attention_under_cpu_autocast_is_bf16_products_around_an_fp32_softmax(ca
     torch.testing.assert_close(got.float(), F.scaled_dot_product_attention(q, k, v, mask, is_causal=causal), rtol=0, atol=0.05)
 
 
-def test_bf16_mixed_training_on_cpu_trains():
+def test_bf16_mixed_training_on_cpu_trains(monkeypatch):
+    monkeypatch.setattr(common, "cpu_emulates", lambda precision: False)  # trains even where bf16 is emulated
     model = ScanTransformer(**SMALL)
     small = ScanDataModule(n_train=64, n_test_eval=32, batch_size=16, eval_batch_size=32)
     trainer = pl.Trainer(max_steps=2, precision="bf16-mixed", logger=False, enable_checkpointing=False,

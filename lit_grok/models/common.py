@@ -30,6 +30,16 @@ class GrokModule(pl.LightningModule):
         if not eps > 0:
             raise ConfigurationError(f"model.eps must be > 0, got {eps}")
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before any step, a precision whose matmuls this CPU only emulates (``cpu_emulates``)."""
+        precision = str(self.trainer.precision)
+        if self.trainer.strategy.root_device.type == "cpu" and cpu_emulates(precision):
+            raise ConfigurationError(
+                f"trainer.precision={precision!r} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no AVX-512 "
+                f"or AMX) emulates every low-precision matmul, ≈ 20× slower than fp32; use trainer.precision=32-true "
+                f"(for SCAN: leave out configs/scan_bf16.yaml)"
+            )
+
     def on_before_backward(self, loss: Tensor) -> None:
         """Stop at the first non-finite training loss, before it reaches the weights (one host sync per step)."""
         if not torch.isfinite(loss):
@@ -67,6 +77,16 @@ class TokenMetrics(nn.Module):
         flat_logits, flat_targets = logits[labelled], targets[labelled]  # [N, C], [N]
         self.loss.update(F.cross_entropy(flat_logits.float(), flat_targets, reduction="none"), weight=token_weight)
         self.acc.update((flat_logits.argmax(-1) == flat_targets).float(), weight=token_weight)
+
+
+def cpu_emulates(precision: str) -> bool:
+    """Whether this CPU lacks oneDNN kernels for ``precision``'s matmul dtype (bf16 needs AVX-512 or AMX, fp16
+    AVX-512-FP16 or AMX-FP16): ATen then falls back to its own loops, ≈ 1 GFLOP/s per core on an AVX2 EPYC."""
+    if precision.startswith("bf16"):
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision.startswith("16"):
+        return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return False
 
 
 def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:

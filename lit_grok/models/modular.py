@@ -69,6 +69,7 @@ class ModularTransformer(GrokModule):
 
     def setup(self, stage: str) -> None:
         """The head and vocabulary must be the data's: one line naming both settings otherwise."""
+        super().setup(stage)
         data_p = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("p")
         if data_p is not None and data_p != self.hparams.p:
             raise ConfigurationError(f"model.p ({self.hparams.p}) must equal data.p ({data_p})")

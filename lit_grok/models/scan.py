@@ -90,6 +90,7 @@ class ScanTransformer(GrokModule):
         self.greedy_acc = MeanMetric()
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         dm = self.trainer.datamodule if self._trainer is not None else None
         for name in ("src_vocab_size", "tgt_vocab_size", "max_src_len", "max_tgt_len"):
             if dm is not None and hasattr(dm, name) and getattr(dm, name) != self.hparams[name]:

@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 import lit_grok  # noqa: E402
 import lit_grok.models.scan as scan_model  # noqa: E402
 from lit_grok.data.scan import ScanDataModule  # noqa: E402
-from lit_grok.models.common import masked_cross_entropy  # noqa: E402
+from lit_grok.models.common import cpu_emulates, masked_cross_entropy  # noqa: E402
 from lit_grok.models.scan import ScanTransformer  # noqa: E402
 
 VARIANTS = {  # name: (length-sorted loss, bf16 autocast, the previous bf16 path: math attention kernel)
@@ -96,6 +96,8 @@ def main() -> None:
     median = {v: statistics.median(t) for v, t in times.items()}
     print(f"\nSCAN training step, batch {dm.batch_size}, torch threads {torch.get_num_threads()}, "
           f"{args.steps} steps x {args.rounds} rounds, lit_grok from {Path(lit_grok.__file__).parent}")
+    print(f"CPU: {torch.backends.cpu.get_cpu_capability()}, bf16 matmuls "
+          f"{'emulated (no AVX-512 or AMX kernels)' if cpu_emulates('bf16-mixed') else 'on oneDNN kernels'}")
     ref = median.get("old_fp32")
     for v in args.variants:
         ratio = f"   / old_fp32 = {median[v] / ref:.3f}" if ref else ""

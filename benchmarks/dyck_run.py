@@ -5,9 +5,11 @@ every round, so machine drift hits all of them alike; the ratios of median wall 
 
 - ``lit_grok``: the CLI on ``configs/dyck.yaml`` (edge callbacks, evaluation every 100 steps, checkpoints).
 - ``reference_loop``: what the reference's lifecycle script does (docs/methods.md, run families): the same training
-  steps, every 100 steps the metrics of the full test (5000) and training (50) sets in padded batches of 512, and a
-  full ``state_dict`` snapshot (kept, written to disk at the end) — the offline decomposition not counted.
-- ``train_only``: the training steps alone, the floor of both (every logged scalar identical means the same steps).
+  steps through nn.TransformerEncoder's forward and AdamW's default (per-tensor) loop, every 100 steps the metrics of
+  the full test (5000) and training (50) sets in padded batches of 512, and a full ``state_dict`` snapshot (kept,
+  written to disk at the end) — the offline decomposition not counted.
+- ``train_only``: lit-grok's training steps alone (its forward and optimizer, which are bit-equal to the reference's),
+  the floor of ``lit_grok``.
 - ``previous``: the CLI of another checkout (``--previous DIR``, e.g. a worktree of the commit before a change);
   with it, the runs' logged scalars are compared tag by tag.
 
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +47,18 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
 
     torch.manual_seed(42)
     model, dm = DyckTransformer(lr=1e-3, weight_decay=1.0), DyckDataModule()
-    opt = model.configure_optimizers()
+    if evaluate:  # the reference's model and optimizer: nn.TransformerEncoder's forward, AdamW's defaults
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
+        forward = partial(reference_forward, model)
+    else:  # lit-grok's training step without Lightning
+        opt, forward = model.configure_optimizers(), model
     batches = iter(dm.train_dataloader())
 
     @torch.no_grad()
     def metrics(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         loss_sum, hits, tokens = 0.0, 0, 0
         for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH)):
-            logits = model(xb)  # [B, T, C], every padded position
+            logits = forward(xb)  # [B, T, C], every padded position
             mask = yb != IGNORE
             loss_sum += F.cross_entropy(logits[mask], yb[mask], reduction="sum").item()
             hits += int((logits.argmax(-1)[mask] == yb[mask]).sum())
@@ -61,7 +68,7 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
     snapshots, history = [{k: v.clone() for k, v in model.state_dict().items()}], []
     for step in range(1, steps + 1):
         x, y = next(batches)
-        loss = F.cross_entropy(model(x).reshape(-1, dm.n_classes), y.reshape(-1), ignore_index=IGNORE)
+        loss = F.cross_entropy(forward(x).reshape(-1, dm.n_classes), y.reshape(-1), ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -73,6 +80,17 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
     if evaluate:
         torch.save({"snapshots": snapshots, "history": history}, out_dir / "reference_run.pt")
+
+
+def reference_forward(model, x):
+    """The reference's forward: ``DyckTransformer``'s layers through nn.TransformerEncoder itself."""
+    import torch
+    from torch import nn
+
+    T = x.shape[1]
+    h = model.tok_emb(x) + model.pos_emb(torch.arange(T))
+    mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=h.dtype)
+    return model.head(model.ln_f(model.encoder(h, mask=mask, is_causal=True)))
 
 
 def command(variant: str, steps: int, out_dir: Path, previous: Path | None) -> tuple[list[str], Path]:

@@ -64,6 +64,49 @@ def test_invalid_hyperparameters_fail_early():
         DyckTransformer(d_model=130)
 
 
+def encoder_forward(model, x):
+    """DyckTransformer's logits through nn.TransformerEncoder itself (the reference's forward)."""
+    h = model.tok_emb(x) + model.pos_emb(torch.arange(x.shape[1]))
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=h.dtype)
+    return model.head(model.ln_f(model.encoder(h, mask=mask, is_causal=True)))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_dyck_autograd_forward_is_nn_transformer_encoder_bit_for_bit(training):
+    torch.manual_seed(0)
+    model, dm = DyckTransformer(), DyckDataModule()
+    model.train(training)
+    for x, y in ((dm.x_train, dm.y_train), (dm.x_test[:300, :17], dm.y_test[:300, :17])):
+        grads = []
+        for forward in (model, lambda x: encoder_forward(model, x)):
+            logits = forward(x)
+            masked_cross_entropy(logits, y).backward()
+            grads.append([logits.detach(), *(p.grad for p in model.parameters())])
+            model.zero_grad(set_to_none=True)
+        assert all(torch.equal(a, b) for a, b in zip(*grads))
+        assert len(grads[0]) == 1 + len(list(model.parameters()))
+
+
+def test_dyck_training_steps_are_the_reference_loop_bit_for_bit():
+    """lit-grok's forward and optimizer (foreach AdamW) against nn.TransformerEncoder and AdamW's per-tensor loop."""
+    torch.manual_seed(42)
+    ours, dm = DyckTransformer(), DyckDataModule()
+    theirs = DyckTransformer()
+    theirs.load_state_dict(ours.state_dict())
+    steps = [(ours, ours.configure_optimizers(), ours),
+             (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0),
+              lambda x: encoder_forward(theirs, x))]
+    for _ in range(25):
+        idx = torch.randint(0, 50, (50,))
+        for model, opt, forward in steps:
+            loss = masked_cross_entropy(forward(dm.x_train[idx]), dm.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
 def reference_losses(steps):
     """The reference loop of docs/methods.md §3.1, written plainly."""
     torch.manual_seed(42)
@@ -73,7 +116,7 @@ def reference_losses(steps):
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, 50, (50,))
-        loss = masked_cross_entropy(model(dm.x_train[idx]), dm.y_train[idx])
+        loss = masked_cross_entropy(encoder_forward(model, dm.x_train[idx]), dm.y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

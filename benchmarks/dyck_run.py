@@ -5,10 +5,10 @@ every round, so machine drift hits all of them alike; the ratios of median wall 
 
 - ``lit_grok``: the CLI on ``configs/dyck.yaml`` (edge callbacks, evaluation every 100 steps, checkpoints).
 - ``reference_loop``: what the reference's lifecycle script does (docs/methods.md, run families): the same training
-  steps through nn.TransformerEncoder's forward and AdamW's default (per-tensor) loop, every 100 steps the metrics of
+  steps through nn.TransformerEncoder's own forward, every 100 steps the metrics of
   the full test (5000) and training (50) sets in padded batches of 512, and a full ``state_dict`` snapshot (kept,
   written to disk at the end) — the offline decomposition not counted.
-- ``train_only``: lit-grok's training steps alone (its forward and optimizer, which are bit-equal to the reference's),
+- ``train_only``: lit-grok's training steps alone (its forward, bit-equal to nn.TransformerEncoder's with autograd),
   the floor of ``lit_grok``.
 - ``previous``: the CLI of another checkout (``--previous DIR``, e.g. a worktree of the commit before a change);
   with it, the runs' logged scalars are compared tag by tag.
@@ -47,11 +47,8 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
 
     torch.manual_seed(42)
     model, dm = DyckTransformer(lr=1e-3, weight_decay=1.0), DyckDataModule()
-    if evaluate:  # the reference's model and optimizer: nn.TransformerEncoder's forward, AdamW's defaults
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0)
-        forward = partial(reference_forward, model)
-    else:  # lit-grok's training step without Lightning
-        opt, forward = model.configure_optimizers(), model
+    opt = model.configure_optimizers()  # the reference's AdamW
+    forward = partial(reference_forward, model) if evaluate else model  # lit-grok's training steps without Lightning
     batches = iter(dm.train_dataloader())
 
     @torch.no_grad()

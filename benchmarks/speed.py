@@ -5,6 +5,10 @@ of them alike; the ratios of median per-step times are printed at the end.
 
     python benchmarks/speed.py --task dyck --steps 200 --rounds 5
     python benchmarks/speed.py --task scan --steps 30 --rounds 3 --variants plain lightning
+    python benchmarks/speed.py --task dyck --steps 100 --rounds 8 --variants reference plain  # Dyck: vs the reference's step
+
+``reference`` (Dyck): the reference's training step, the same model through nn.TransformerEncoder's own forward (the
+parameters it reaches are bit-equal to the ``plain`` loop's: tests/test_models.py).
 """
 from __future__ import annotations
 
@@ -42,14 +46,23 @@ def training_loss(task: str, model: pl.LightningModule, batch: tuple[torch.Tenso
     return model.length_sorted_loss(*batch)
 
 
-def plain_step_seconds(task: str, steps: int, warmup: int) -> float:
+def reference_dyck_loss(model: pl.LightningModule, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The Dyck loss through nn.TransformerEncoder's own forward (the reference's)."""
+    x, y = batch
+    h = model.tok_emb(x) + model.pos_emb(torch.arange(x.shape[1]))
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=h.dtype)
+    return masked_cross_entropy(model.head(model.ln_f(model.encoder(h, mask=mask, is_causal=True))), y)
+
+
+def plain_step_seconds(task: str, steps: int, warmup: int, reference: bool = False) -> float:
     model, dm = build(task)
     opt = model.configure_optimizers()
     batches = iter(dm.train_dataloader())
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
-        loss = training_loss(task, model, next(batches))
+        batch = next(batches)
+        loss = reference_dyck_loss(model, batch) if reference else training_loss(task, model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -93,14 +106,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["plain", "lightning", "edge_reference", "edge_every_step"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "lightning", "edge_reference", "edge_every_step"],
+                        choices=["reference", "plain", "lightning", "edge_reference", "edge_every_step"])
     parser.add_argument("--log-dir", default="logs")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     interval = REFERENCE_INTERVAL[args.task]
+    if "reference" in args.variants and args.task != "dyck":
+        parser.error("the 'reference' variant is Dyck's; for SCAN's padded reference step run benchmarks/scan_step.py")
     runners = {
+        "reference": lambda: plain_step_seconds(args.task, args.steps, args.warmup, reference=True),
         "plain": lambda: plain_step_seconds(args.task, args.steps, args.warmup),
         "lightning": lambda: lightning_step_seconds(args.task, args.steps, args.warmup, [], args.log_dir),
         "edge_reference": lambda: lightning_step_seconds(args.task, args.steps, args.warmup, edge_callbacks(interval), args.log_dir),
@@ -115,6 +132,8 @@ def main() -> None:
     print(f"\n{args.task}: {args.steps} steps x {args.rounds} rounds, torch threads {torch.get_num_threads()}")
     for v in args.variants:
         print(f"  {v:>16}: {median[v] * 1e3:8.2f} ms/step (median)")
+    if "reference" in median and "plain" in median:
+        print(f"  plain / reference                   = {median['plain'] / median['reference']:.3f}  (time per step)")
     if "plain" in median and "lightning" in median:
         print(f"  speed ratio lightning / plain       = {median['plain'] / median['lightning']:.3f}  (target >= 0.95)")
     for v, label, target in (("edge_reference", f"interval {interval}", 3), ("edge_every_step", "interval 1", 10)):

@@ -88,7 +88,7 @@ def test_dyck_autograd_forward_is_nn_transformer_encoder_bit_for_bit(training):
 
 
 def test_dyck_training_steps_are_the_reference_loop_bit_for_bit():
-    """lit-grok's forward and optimizer (foreach AdamW) against nn.TransformerEncoder and AdamW's per-tensor loop."""
+    """lit-grok's training steps against the reference's: nn.TransformerEncoder's forward, AdamW built by hand."""
     torch.manual_seed(42)
     ours, dm = DyckTransformer(), DyckDataModule()
     theirs = DyckTransformer()

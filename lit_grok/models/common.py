@@ -55,9 +55,7 @@ class GrokModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
-        # foreach: the same kernels as the per-tensor loop on a CPU (bit-equal), one Python call per operation
-        return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                 weight_decay=hp.weight_decay, foreach=True)
+        return torch.optim.AdamW(self.parameters(), lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
 
 
 class TokenMetrics(nn.Module):

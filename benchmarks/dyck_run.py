@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
     torch.manual_seed(42)
     model, dm = DyckTransformer(lr=1e-3, weight_decay=1.0), DyckDataModule()
     opt = model.configure_optimizers()  # the reference's AdamW
-    forward = partial(reference_forward, model) if evaluate else model  # lit-grok's training steps without Lightning
+    forward = model.encoder_forward if evaluate else model  # else lit-grok's training steps without Lightning
     batches = iter(dm.train_dataloader())
 
     @torch.no_grad()
@@ -77,17 +76,6 @@ def plain_run(steps: int, evaluate: bool, out_dir: Path) -> None:
             snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
     if evaluate:
         torch.save({"snapshots": snapshots, "history": history}, out_dir / "reference_run.pt")
-
-
-def reference_forward(model, x):
-    """The reference's forward: ``DyckTransformer``'s layers through nn.TransformerEncoder itself."""
-    import torch
-    from torch import nn
-
-    T = x.shape[1]
-    h = model.tok_emb(x) + model.pos_emb(torch.arange(T))
-    mask = nn.Transformer.generate_square_subsequent_mask(T, dtype=h.dtype)
-    return model.head(model.ln_f(model.encoder(h, mask=mask, is_causal=True)))
 
 
 def command(variant: str, steps: int, out_dir: Path, previous: Path | None) -> tuple[list[str], Path]:

@@ -64,13 +64,6 @@ def test_invalid_hyperparameters_fail_early():
         DyckTransformer(d_model=130)
 
 
-def encoder_forward(model, x):
-    """DyckTransformer's logits through nn.TransformerEncoder itself (the reference's forward)."""
-    h = model.tok_emb(x) + model.pos_emb(torch.arange(x.shape[1]))
-    mask = torch.nn.Transformer.generate_square_subsequent_mask(x.shape[1], dtype=h.dtype)
-    return model.head(model.ln_f(model.encoder(h, mask=mask, is_causal=True)))
-
-
 @pytest.mark.parametrize("training", [True, False])
 def test_dyck_autograd_forward_is_nn_transformer_encoder_bit_for_bit(training):
     torch.manual_seed(0)
@@ -78,7 +71,7 @@ def test_dyck_autograd_forward_is_nn_transformer_encoder_bit_for_bit(training):
     model.train(training)
     for x, y in ((dm.x_train, dm.y_train), (dm.x_test[:300, :17], dm.y_test[:300, :17])):
         grads = []
-        for forward in (model, lambda x: encoder_forward(model, x)):
+        for forward in (model, model.encoder_forward):
             logits = forward(x)
             masked_cross_entropy(logits, y).backward()
             grads.append([logits.detach(), *(p.grad for p in model.parameters())])
@@ -95,7 +88,7 @@ def test_dyck_training_steps_are_the_reference_loop_bit_for_bit():
     theirs.load_state_dict(ours.state_dict())
     steps = [(ours, ours.configure_optimizers(), ours),
              (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0),
-              lambda x: encoder_forward(theirs, x))]
+              theirs.encoder_forward)]
     for _ in range(25):
         idx = torch.randint(0, 50, (50,))
         for model, opt, forward in steps:
@@ -116,7 +109,7 @@ def reference_losses(steps):
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, 50, (50,))
-        loss = masked_cross_entropy(encoder_forward(model, dm.x_train[idx]), dm.y_train[idx])
+        loss = masked_cross_entropy(model.encoder_forward(dm.x_train[idx]), dm.y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -5,9 +5,9 @@ every round, so machine drift hits all of them alike; the ratios of median wall 
 
 - ``lit_grok``: the CLI on ``configs/dyck.yaml`` (edge callbacks, evaluation every 100 steps, checkpoints).
 - ``reference_loop``: what the reference's lifecycle script does (docs/methods.md, run families): the same training
-  steps through nn.TransformerEncoder's own forward, every 100 steps the metrics of
-  the full test (5000) and training (50) sets in padded batches of 512, and a full ``state_dict`` snapshot (kept,
-  written to disk at the end) — the offline decomposition not counted.
+  steps through nn.TransformerEncoder's own forward, every 100 steps the metrics of the full test (5000) and training
+  (50) sets in padded batches of 512, and a full ``state_dict`` snapshot (kept, written to disk at the end) — the
+  offline decomposition not counted.
 - ``train_only``: lit-grok's training steps alone (its forward, bit-equal to nn.TransformerEncoder's with autograd),
   the floor of ``lit_grok``.
 - ``previous``: the CLI of another checkout (``--previous DIR``, e.g. a worktree of the commit before a change);

@@ -5,7 +5,7 @@ of them alike; the ratios of median per-step times are printed at the end.
 
     python benchmarks/speed.py --task dyck --steps 200 --rounds 5
     python benchmarks/speed.py --task scan --steps 30 --rounds 3 --variants plain lightning
-    python benchmarks/speed.py --task dyck --steps 100 --rounds 8 --variants reference plain  # Dyck: vs the reference's step
+    python benchmarks/speed.py --task dyck --steps 100 --rounds 8 --variants reference plain
 
 ``reference`` (Dyck): the reference's training step, the same model through nn.TransformerEncoder's own forward (the
 parameters it reaches are bit-equal to the ``plain`` loop's: tests/test_models.py).

@@ -81,41 +81,30 @@ def test_dyck_autograd_forward_is_nn_transformer_encoder_bit_for_bit(training):
 
 
 def test_dyck_training_steps_are_the_reference_loop_bit_for_bit():
-    """lit-grok's training steps against the reference's: nn.TransformerEncoder's forward, AdamW built by hand."""
-    torch.manual_seed(42)
-    ours, dm = DyckTransformer(), DyckDataModule()
-    theirs = DyckTransformer()
-    theirs.load_state_dict(ours.state_dict())
-    steps = [(ours, ours.configure_optimizers(), ours),
-             (theirs, torch.optim.AdamW(theirs.parameters(), lr=1e-3, betas=(0.9, 0.98), weight_decay=1.0),
-              theirs.encoder_forward)]
-    for _ in range(25):
-        idx = torch.randint(0, 50, (50,))
-        for model, opt, forward in steps:
-            loss = masked_cross_entropy(forward(dm.x_train[idx]), dm.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    """The reference loop through lit-grok's forward against the same loop through nn.TransformerEncoder's."""
+    (ours, our_losses), (theirs, their_losses) = reference_run(25, through_nn=False), reference_run(25)
+    assert our_losses == their_losses
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
 
 
-def reference_losses(steps):
-    """The reference loop of docs/methods.md §3.1, written plainly."""
+def reference_run(steps, through_nn=True):
+    """The reference loop of docs/methods.md §3.1, written plainly: (the trained model, its losses); ``through_nn``:
+    the forward through nn.TransformerEncoder itself (the reference's), else ``DyckTransformer.forward``."""
     torch.manual_seed(42)
     model = DyckTransformer()
     dm = DyckDataModule()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=1.0)
+    forward = model.encoder_forward if through_nn else model
     losses = []
     for _ in range(steps):
         idx = torch.randint(0, 50, (50,))
-        loss = masked_cross_entropy(model.encoder_forward(dm.x_train[idx]), dm.y_train[idx])
+        loss = masked_cross_entropy(forward(dm.x_train[idx]), dm.y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-    return losses
+    return model, losses
 
 
 class LossRecorder(pl.Callback):
@@ -139,7 +128,7 @@ def lightning_losses(steps):
 def test_same_seed_gives_the_reference_trajectory_twice():
     first, second = lightning_losses(20), lightning_losses(20)
     assert first == second
-    assert first == pytest.approx(reference_losses(20), rel=1e-6)
+    assert first == pytest.approx(reference_run(20)[1], rel=1e-6)
 
 
 def test_grok_detector_logs_the_first_step_over_threshold():

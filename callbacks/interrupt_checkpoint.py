@@ -79,7 +79,7 @@ class InterruptCheckpoint(Checkpoint):
         path = os.path.join(self.checkpoint_dir(trainer), "last.ckpt")
         if trainer.is_global_zero and os.path.islink(path):  # a ModelCheckpoint(save_last="link") link
             os.remove(path)
-        trainer.save_checkpoint(path)  # Lightning writes it atomically: a kill mid-write keeps the previous one
+        trainer.save_checkpoint(path, weights_only=False)  # the full state; atomic: a kill mid-write keeps the previous one
         self._written_at = trainer.global_step
         return path
 
@@ -139,7 +139,7 @@ class InterruptCheckpoint(Checkpoint):
         if not training or not self.on_exception_save or isinstance(exception, (RunInterrupted, KeyboardInterrupt)):
             return
         path = os.path.join(self.checkpoint_dir(trainer), "on_exception.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         rank_zero_warn(f"training failed at optimizer step {trainer.global_step}; its state is in {path}")
 
     @override

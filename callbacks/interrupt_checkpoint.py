@@ -1,6 +1,7 @@
-"""Checkpoint a run after every validation, when it is interrupted (SIGINT, SIGTERM) or fails: no work is lost.
+"""Checkpoint a run after its validations, when it is interrupted (SIGINT, SIGTERM) or fails: no work is lost.
 
-``last.ckpt`` is rewritten after each validation, so a killed process resumes from its last one. The first
+``last.ckpt`` is rewritten after each validation (or, with ``every_seconds``, after the first validation that many
+seconds past the last write), so a killed process resumes from it. The first
 Ctrl-C (or a SIGTERM) lets the current optimizer step finish, with its validation if it has one, writes
 ``last.ckpt`` there and stops the run; resuming from it continues exactly. A second Ctrl-C interrupts at
 once. A failure writes ``on_exception.ckpt``: the state it failed in, for inspection.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any, Optional
 
@@ -18,7 +20,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from .utils.errors import RunInterrupted
+from .utils.errors import ConfigurationError, RunInterrupted
 
 SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
@@ -35,8 +37,12 @@ class InterruptCheckpoint(Checkpoint):
     Args:
         dirpath: folder of the checkpoints; None: the ``ModelCheckpoint``'s folder, else ``<log_dir>/checkpoints``.
         on_exception: also checkpoint when training fails with an exception.
-        every_validation: rewrite ``last.ckpt`` after every validation (Lightning's ``ModelCheckpoint(save_top_k=0,
+        every_validation: rewrite ``last.ckpt`` after validations (Lightning's ``ModelCheckpoint(save_top_k=0,
             save_last=True)`` writes it only when it saved a checkpoint of its own at that step).
+        every_seconds: rewrite it only after a validation at least this many seconds (wall time) after the previous
+            write or the start of training: a kill loses at most that much plus one validation interval. 0: after
+            every validation. A run of small models validating every few seconds writes far less (a 10,000-step
+            Dyck run: 100 rewrites of 8.6 MB at 0, about 10 at 60).
 
     Example::
 
@@ -46,13 +52,18 @@ class InterruptCheckpoint(Checkpoint):
         trainer = Trainer(callbacks=[InterruptCheckpoint()], max_steps=10_000, val_check_interval=100)
     """
 
-    def __init__(self, dirpath: Optional[str] = None, on_exception: bool = True, every_validation: bool = True) -> None:
+    def __init__(self, dirpath: Optional[str] = None, on_exception: bool = True, every_validation: bool = True,
+                 every_seconds: float = 0.0) -> None:
+        if not every_seconds >= 0:
+            raise ConfigurationError(f"InterruptCheckpoint(every_seconds=...) must be >= 0 (0: every validation), got {every_seconds}")
         self.dirpath = dirpath
         self.on_exception_save = on_exception
         self.every_validation = every_validation
+        self.every_seconds = every_seconds
         self.received: Optional[str] = None  # "SIGINT" / "SIGTERM" once a signal asked the run to stop
         self._saved_at: Optional[int] = None  # global step of the checkpoint written for the signal
         self._written_at: Optional[int] = None  # global step of the last last.ckpt
+        self._written_time = 0.0  # time.monotonic() of that write (or of the start of training)
         self._training = False  # between on_train_start and the end of fit: a failure is worth a checkpoint
         self._previous: dict[int, Any] = {}  # signal handlers to put back
 
@@ -80,7 +91,7 @@ class InterruptCheckpoint(Checkpoint):
         if trainer.is_global_zero and os.path.islink(path):  # a ModelCheckpoint(save_last="link") link
             os.remove(path)
         trainer.save_checkpoint(path, weights_only=False)  # the full state; atomic: a kill mid-write keeps the previous one
-        self._written_at = trainer.global_step
+        self._written_at, self._written_time = trainer.global_step, time.monotonic()
         return path
 
     def _save_last(self, trainer: pl.Trainer) -> str:
@@ -99,6 +110,7 @@ class InterruptCheckpoint(Checkpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take over SIGINT and SIGTERM (main thread only: Python delivers signals there)."""
         self.received, self._saved_at, self._written_at, self._training = None, None, None, True
+        self._written_time = time.monotonic()
         if threading.current_thread() is threading.main_thread():
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
 
@@ -115,8 +127,13 @@ class InterruptCheckpoint(Checkpoint):
             return
         if self._saved_at == trainer.global_step:
             self._stop(trainer, self._save_last(trainer))
-        elif self.every_validation:
+        elif self.every_validation and self._due(trainer):
             self._write_last(trainer)
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        """Whether ``every_seconds`` have passed since the last write (rank 0's clock decides for every rank)."""
+        due = time.monotonic() - self._written_time >= self.every_seconds
+        return trainer.strategy.broadcast(due) if trainer.world_size > 1 else due
 
     @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

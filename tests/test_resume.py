@@ -89,7 +89,7 @@ def test_a_signal_checkpoints_that_step_and_the_resumed_run_is_the_same_run(tmp_
 
 def test_a_killed_run_resumes_from_its_last_validation_and_is_the_same_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = [*DYCK, "--trainer.max_steps=300", "--callbacks.recorder.interval=40", *FAST]
+    common = [*DYCK, "--trainer.max_steps=300", "--callbacks.recorder.interval=40", "--callbacks.interrupt.every_seconds=0", *FAST]
     main(["fit", *common, "--trainer.logger.init_args.name=whole"])
     assert torch.load(tmp_path / "logs" / "whole" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 300
     with pytest.raises(Killed):
@@ -114,3 +114,38 @@ def test_the_intervention_resumed_from_step_1000_switches_its_decay_off(tmp_path
     assert value_at(scalars, "update/norm_wd", 1100) == 0.0  # the first row after the switch
     before = read_scalars(tmp_path / "logs" / "dyck" / "version_0")
     assert value_at(before, "update/norm_wd", 1000) > 0.5
+
+
+class Tick(Callback):
+    """A clock that advances one second per optimizer step (what ``InterruptCheckpoint`` reads as wall time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.now += 1.0
+
+
+def test_every_seconds_rewrites_last_ckpt_after_the_first_validation_that_late_and_at_the_end(tmp_path, monkeypatch):
+    import lightning.pytorch as pl
+
+    import callbacks.interrupt_checkpoint as module
+    from callbacks import ConfigurationError, InterruptCheckpoint
+    from lit_grok.data.dyck import DyckDataModule
+    from lit_grok.models.dyck import DyckTransformer
+
+    clock, written = Tick(), []
+    monkeypatch.setattr(module, "time", clock)
+    write = InterruptCheckpoint._write_last
+    monkeypatch.setattr(InterruptCheckpoint, "_write_last", lambda self, trainer: written.append(trainer.global_step) or write(self, trainer))
+    trainer = pl.Trainer(max_steps=70, val_check_interval=10, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[clock, InterruptCheckpoint(dirpath=str(tmp_path), every_seconds=25)])
+    trainer.fit(DyckTransformer(), DyckDataModule(n_total=550))
+    assert written == [30, 60, 70]  # 30 s after the start, 30 s after that, and the final state
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 70
+    with pytest.raises(ConfigurationError, match="every_seconds"):
+        InterruptCheckpoint(every_seconds=-1)

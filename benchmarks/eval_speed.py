@@ -5,7 +5,7 @@
     python benchmarks/eval_speed.py --task scan --threads 1 --checkpoint RUN/checkpoints/epoch=0-step=5000.ckpt
     python benchmarks/eval_speed.py --task scan_greedy --threads 1 --rounds 2 --warmup 0  # its greedy decoding
 
-dyck: padded batches of every row (before #11) against distinct rows counted per copy, each batch's on its prefix tree.
+dyck: padded batches of every row (before #11) against distinct rows counted per copy, length-sorted.
 scan: padded teacher-forced batches and the decoder re-run on every prefix (before #11) against
 length-sorted chunks and the incremental decoder with a KV cache, on the seed-2024 model trained
 --train-steps steps first (~1 min). The old paths are tests/reference_paths.py; every round checks

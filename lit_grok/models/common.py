@@ -72,14 +72,11 @@ class TokenMetrics(nn.Module):
     def update(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> None:
         # logits [B, T, C], targets [B, T] with IGNORE at unlabelled positions, weight [B] copies per row
         labelled = targets != IGNORE  # [B, T]
-        copies = None if weight is None else weight[:, None].expand_as(targets)[labelled]  # [N]
-        self.update_labelled(logits[labelled], targets[labelled], copies)
-
-    def update_labelled(self, logits: Tensor, targets: Tensor, copies: Tensor | None = None) -> None:
-        # logits [N, C] and targets [N] of labelled tokens, copies [N] how many tokens each stands for (default 1)
-        token_weight = torch.ones_like(targets, dtype=torch.float) if copies is None else copies.float()  # [N]
-        self.loss.update(F.cross_entropy(logits.float(), targets, reduction="none"), weight=token_weight)
-        self.acc.update((logits.argmax(-1) == targets).float(), weight=token_weight)
+        copies = torch.ones_like(targets) if weight is None else weight[:, None].expand_as(targets)
+        token_weight = copies[labelled].float()  # [N]
+        flat_logits, flat_targets = logits[labelled], targets[labelled]  # [N, C], [N]
+        self.loss.update(F.cross_entropy(flat_logits.float(), flat_targets, reduction="none"), weight=token_weight)
+        self.acc.update((flat_logits.argmax(-1) == flat_targets).float(), weight=token_weight)
 
 
 def cpu_emulates(precision: str) -> bool:

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from callbacks import ConfigurationError, ProbeTarget, QueryAttention, sequence_keys
 from lit_grok.data.common import IGNORE
 from lit_grok.data.sampling import first_copy_counts
-from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, masked_cross_entropy
+from lit_grok.models.common import GrokModule, TokenMetrics, labelled_positions, length_sorted_chunks, masked_cross_entropy
 from lit_grok.models.prefix import PrefixBatch, prefix_batch, prefix_self_attention
 
 EVAL_SETS = ("val", "train_eval")  # validation dataloader 0 = test set, 1 = training set
+EVAL_CHUNK = 128  # rows per attention chunk of the length-sorted evaluation
 PREFIX_ROWS = 1024  # distinct rows per prefix tree of the analyses (lexicographic neighbours share most prefixes)
 PREFIX_CHUNK = 64  # rows per attention chunk of a prefix tree (fewer rows: fewer positions before a chunk's queries)
 
@@ -110,14 +111,10 @@ class DyckTransformer(GrokModule):
         self.log(f"{name}/acc", metrics.acc, add_dataloader_idx=False, prog_bar=name == "val")
 
     def update_distinct(self, metrics: TokenMetrics, x: Tensor, y: Tensor, weight: Tensor) -> None:
-        """Evaluate the rows of weight > 0 on their prefix tree (``prefix_logits``: each distinct prefix once; the
-        causal model gives it the logits of the padded batch), every labelled token counted ``weight`` times."""
-        rows = (weight > 0).nonzero().squeeze(1)
-        rows = lexicographic(x, rows[(y[rows] != IGNORE).any(1)])  # rows without a label add nothing
-        if len(rows):
-            tree = prefix_batch(x, y, rows, PREFIX_CHUNK, self.hparams.n_heads)
-            logits, targets, row = tree.labelled(self.prefix_logits(tree))  # [L, C], [L], [L] (row: stream order)
-            metrics.update_labelled(logits, targets, weight[tree.order][row])
+        """Evaluate the rows of weight > 0, longest first in chunks cut after their last label, each counted
+        ``weight`` times: the causal model gives every kept position the logits of the padded batch."""
+        for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (weight > 0).nonzero().squeeze(1)):
+            metrics.update(self(x[rows, :T]), y[rows, :T], weight[rows])
 
     def whole_loader_pass(self, dataloader_idx: int) -> bool:
         """Whether this evaluation runs every batch of its loader (first-copy counts need all of them)."""

@@ -334,14 +334,14 @@ def packed_self_attention(attn: nn.MultiheadAttention, x: Tensor, shapes: list[t
 def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tensor, memory_keep: Tensor | None,
                            shapes: list[tuple[int, int]], n_heads: int) -> Tensor:
     """Cross-attention [N, D] of a chunk stream ``x`` [N, D] to ``memory`` [B', S, D] (row j = the stream's j-th row),
-    ``memory_keep`` [B', 1, 1, S] or None (the reference attends to every source position)."""
+    ``memory_keep`` [B', 1, 1, S] or None (the reference attends to every source position). Keys and values are
+    split per chunk (one concatenation in the backward, not a zero-filled [B', H, S, dh] gradient per chunk)."""
     q = F.linear(x, *q_projection(attn))  # [N, D]
     k, v = kv_heads(attn, memory, n_heads)  # [B', H, S, dh]
-    out, first = [], 0
-    for block, (b, _) in zip(chunk_views(q, shapes), shapes):
-        keep = None if memory_keep is None else memory_keep[first:first + b]
-        out.append(attention(heads(block, n_heads), k[first:first + b], v[first:first + b], keep))
-        first += b
+    rows = [b for b, _ in shapes]
+    keeps = [None] * len(shapes) if memory_keep is None else memory_keep.split(rows)  # [b, 1, 1, S] each
+    out = [attention(heads(block, n_heads), k_chunk, v_chunk, keep)
+           for block, k_chunk, v_chunk, keep in zip(chunk_views(q, shapes), k.split(rows), v.split(rows), keeps)]
     return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 
 

@@ -338,10 +338,10 @@ def packed_cross_attention(attn: nn.MultiheadAttention, x: Tensor, memory: Tenso
     split per chunk (one concatenation in the backward, not a zero-filled [B', H, S, dh] gradient per chunk)."""
     q = F.linear(x, *q_projection(attn))  # [N, D]
     k, v = kv_heads(attn, memory, n_heads)  # [B', H, S, dh]
-    rows = [b for b, _ in shapes]
-    keeps = [None] * len(shapes) if memory_keep is None else memory_keep.split(rows)  # [b, 1, 1, S] each
+    rows_per_chunk = [b for b, _ in shapes]
+    keeps = [None] * len(shapes) if memory_keep is None else memory_keep.split(rows_per_chunk)  # [b, 1, 1, S] each
     out = [attention(heads(block, n_heads), k_chunk, v_chunk, keep)
-           for block, k_chunk, v_chunk, keep in zip(chunk_views(q, shapes), k.split(rows), v.split(rows), keeps)]
+           for block, k_chunk, v_chunk, keep in zip(chunk_views(q, shapes), k.split(rows_per_chunk), v.split(rows_per_chunk), keeps)]
     return attn.out_proj(torch.cat([merge_heads(o).flatten(0, 1) for o in out]))
 
 

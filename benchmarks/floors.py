@@ -3,13 +3,15 @@
     python benchmarks/floors.py --threads 1
 
 For the SCAN training step (fp32 and bf16-mixed, length-sorted chunks, AdamW), the teacher-forced SCAN
-evaluation (2548 pairs), and one analysis evaluation of the Dyck test set on its prefix trees, it prints the
-wall time per unit of work, the matmul kernels' time (``torch.profiler`` self time of mm / addmm / bmm /
-baddbmm / _addmm_activation, and their GFLOP), and the largest other kinds of work. The matmuls are what
-no reorganisation of the same computation in the same precision removes: a target below them cannot be met
-by this code path. The weights do not matter (untrained models: same shapes, same FLOPs); the data are the
-shipped sets. The other kinds' shares are the profiler's: it inflates some memory-bound ops, so the Dyck
-evaluation is also timed call by call, its pieces wrapped in timers (the gathers: 58 % profiled, 13 % timed, idle VM).
+evaluation (2548 pairs), 100 Dyck training steps (one evaluation interval: forward, backward, clipping, AdamW),
+one Dyck validation (5000 test + 50 training rows: the distinct rows in length-sorted chunks, with the positions it
+evaluates against the padded batches' — at an equal rate per position their ratio is the time ratio's floor), and
+one analysis evaluation of the Dyck test set on its prefix trees, it prints the wall time per unit of work, the
+matmul kernels' time (``torch.profiler`` self time of mm / addmm / bmm / baddbmm / _addmm_activation, and their
+GFLOP), and the largest other kinds of work. The matmuls are what no reorganisation of the same computation in the
+same precision removes: a target below them cannot be met by this code path. The weights do not matter (untrained
+models: same shapes, same FLOPs); the data are the shipped sets. The other kinds' shares are the profiler's; the
+Dyck analysis evaluation is also timed call by call, its pieces wrapped in timers.
 
     python benchmarks/floors.py --threads 1 --work dyck_analysis   # one unit of work only
 """
@@ -35,31 +37,35 @@ KINDS = {  # the other work, by kind
     "casts and copies": {"aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous"},
     "gathers": {"aten::index_select", "aten::index", "aten::embedding", "aten::cat", "aten::gather"},
     "softmax and attention kernels": {"aten::_softmax", "aten::_softmax_backward_data", "aten::_log_softmax",
+                                      "aten::_masked_softmax", "aten::_transform_bias_rescale_qkv",
                                       "aten::_scaled_dot_product_flash_attention_for_cpu",
                                       "aten::_scaled_dot_product_flash_attention_for_cpu_backward"},
     "layer norms": {"aten::native_layer_norm", "aten::native_layer_norm_backward"},
 }
+DYCK_EVAL_EVERY = 100  # configs/dyck.yaml's training steps per evaluation
 
 
 def profiled(work, repeats: int) -> tuple[float, dict[str, float], float, dict[str, list[tuple[str, float]]]]:
     """(median wall seconds of ``work`` unprofiled, {kind: self seconds per call} profiled, matmul GFLOP per call,
-    {kind: its three largest ops with their seconds})."""
+    {kind: its three largest ops with their seconds}). The times come from a profile without shapes or FLOP counts
+    (recording them triples the self time of a Dyck step's small ops), the FLOPs from one more call counted."""
     work()  # warm-up
     walls = []
     for _ in range(repeats):
         start = time.perf_counter()
         work()
         walls.append(time.perf_counter() - start)
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(repeats):
             work()
-    seconds, flops, ops = defaultdict(float), 0.0, defaultdict(list)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as counted:
+        work()
+    seconds, ops = defaultdict(float), defaultdict(list)
     for event in prof.key_averages():
         kind = "matmuls" if event.key in MATMULS else next((k for k, names in KINDS.items() if event.key in names), "other")
         seconds[kind] += event.self_cpu_time_total / 1e6 / repeats
         ops[kind].append((event.key.removeprefix("aten::"), event.self_cpu_time_total / 1e6 / repeats))
-        if event.key in MATMULS:
-            flops += event.flops / repeats
+    flops = sum(event.flops for event in counted.key_averages() if event.key in MATMULS)
     largest = {kind: sorted(found, key=lambda op: -op[1])[:3] for kind, found in ops.items()}
     return statistics.median(walls), dict(seconds), flops / 1e9, largest
 
@@ -119,6 +125,53 @@ def scan_evaluation(repeats: int) -> None:
     report(f"SCAN teacher-forced evaluation, {pairs} pairs ({' + '.join(EVAL_SETS)})", *profiled(teacher_forced, repeats))
 
 
+def dyck_training(repeats: int) -> None:
+    from lit_grok.data.dyck import DyckDataModule
+    from lit_grok.models.common import masked_cross_entropy
+    from lit_grok.models.dyck import DyckTransformer
+
+    torch.manual_seed(42)
+    model, dm = DyckTransformer(), DyckDataModule()
+    opt, stream = model.configure_optimizers(), iter(dm.train_dataloader())
+
+    def interval() -> None:  # what configs/dyck.yaml runs between two evaluations
+        for _ in range(DYCK_EVAL_EVERY):
+            x, y = next(stream)
+            loss = masked_cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+    report(f"Dyck training, {DYCK_EVAL_EVERY} steps of batch {dm.hparams.batch_size}", *profiled(interval, repeats))
+
+
+def dyck_validation(repeats: int) -> None:
+    from lit_grok.data.dyck import DyckDataModule
+    from lit_grok.models.common import TokenMetrics, length_sorted_chunks
+    from lit_grok.models.dyck import EVAL_CHUNK, DyckTransformer
+
+    torch.manual_seed(42)
+    model, dm = DyckTransformer().eval(), DyckDataModule()
+    loaders = [list(loader) for loader in dm.val_dataloader()]  # batches (x, y, copies of each row's first occurrence)
+
+    @torch.no_grad()
+    def validation() -> None:  # DyckTransformer.validation_step's work on every batch of both loaders
+        for batches in loaders:
+            metrics = TokenMetrics()
+            for x, y, copies in batches:
+                model.update_distinct(metrics, x, y, copies)
+
+    batches = [batch for batches in loaders for batch in batches]
+    chunked = sum(len(rows) * T for _, y, copies in batches
+                  for rows, T in length_sorted_chunks(y, EVAL_CHUNK, (copies > 0).nonzero().squeeze(1)))
+    padded = sum(x.numel() for x, _, _ in batches)
+    n_rows = sum(len(x) for x, _, _ in batches)
+    report(f"Dyck validation, {n_rows} rows in {len(batches)} batches", *profiled(validation, repeats))
+    print(f"  positions evaluated: {chunked} (distinct rows, length-sorted chunks) against {padded} (every row padded):"
+          f" {chunked / padded:.3f}x, the floor of the time ratio at an equal rate per position")
+
+
 def dyck_analysis_evaluation(repeats: int) -> None:
     from callbacks.utils.evaluation import evaluate, evaluation_set
     from lit_grok.data.dyck import DyckDataModule
@@ -175,13 +228,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed and profiled repeats of each unit of work")
-    parser.add_argument("--work", nargs="+", choices=["scan_step", "scan_evaluation", "dyck_analysis"],
+    parser.add_argument("--work", nargs="+", choices=["scan_step", "scan_evaluation", "dyck_training", "dyck_validation", "dyck_analysis"],
                         help="only these units of work (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU {torch.backends.cpu.get_cpu_capability()}")
     works = {"scan_step": lambda: (scan_step(False, args.repeats), scan_step(True, args.repeats)),
              "scan_evaluation": lambda: scan_evaluation(args.repeats),
+             "dyck_training": lambda: dyck_training(args.repeats),
+             "dyck_validation": lambda: dyck_validation(args.repeats),
              "dyck_analysis": lambda: dyck_analysis_evaluation(args.repeats)}
     for name in args.work or works:
         works[name]()

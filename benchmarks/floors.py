@@ -82,6 +82,14 @@ def report(title: str, wall: float, seconds: dict[str, float], gflop: float, lar
             print(f"  {kind:30s} {s:.3f} s ({100 * s / profiled_total:.0f} %): {top}")
 
 
+def descend(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on ``loss`` as the configs train: backward, gradients clipped to norm 1.0, AdamW."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def scan_step(bf16: bool, repeats: int) -> None:
     from lit_grok.data.scan import ScanDataModule
     from lit_grok.models.common import cpu_emulates
@@ -99,10 +107,7 @@ def scan_step(bf16: bool, repeats: int) -> None:
         batch = batches.pop()
         with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
             loss = model.length_sorted_loss(*batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        descend(model, opt, loss)
 
     name = "bf16-mixed (configs/scan_bf16.yaml)" if bf16 else "fp32"
     report(f"SCAN training step, {name}, batch {dm.batch_size}", *profiled(one_step, repeats))
@@ -137,11 +142,7 @@ def dyck_training(repeats: int) -> None:
     def interval() -> None:  # what configs/dyck.yaml runs between two evaluations
         for _ in range(DYCK_EVAL_EVERY):
             x, y = next(stream)
-            loss = masked_cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            descend(model, opt, masked_cross_entropy(model(x), y))
 
     report(f"Dyck training, {DYCK_EVAL_EVERY} steps of batch {dm.hparams.batch_size}", *profiled(interval, repeats))
 
